@@ -1,0 +1,26 @@
+//! The file queue of orch: a directory protocol in which a job is one JSON
+//! file that moves between state directories by atomic rename, plus the one
+//! durable-write primitive every other crate publishes through.
+//!
+//! Layout under the queue root (`QUEUE_ROOT`, default `var/queue`):
+//!
+//! ```text
+//! pending/ awaiting_approval/ running/ done/ failed/   job files (see `name`)
+//! tmp/        staging for enqueues (files appear in pending/ by rename)
+//! corrupt/    quarantined files, each with a `.reason` beside it
+//! ids/        one empty file per job id ever enqueued: exactly-once ids
+//! runners/    `<id>.lock` (flock held by a live runner), `<id>.json` heartbeat
+//! control/    operator requests to runners (`<job_id>.cancel`)
+//! ```
+
+pub mod claim;
+pub mod durable;
+pub mod lease;
+pub mod name;
+pub mod queue;
+pub mod recover;
+
+pub use claim::{Claim, Claimer};
+pub use lease::{ReapOutcome, Reaper, RunnerLock};
+pub use name::Entry;
+pub use queue::{Located, Queue, QueueError, State};

@@ -1,0 +1,233 @@
+//! Queue file names. The name carries everything the protocol needs, so that
+//! every state change is a single atomic rename and no file content is ever
+//! rewritten in place:
+//!
+//! ```text
+//! {prio}-{seq}-{job_id}~{attempt}.{reaps}.json              pending, awaiting_approval, done, failed
+//! {prio}-{seq}-{job_id}~{attempt}.{reaps}@{runner}.json     running
+//! ```
+//!
+//! * `prio` is one digit, `0` first; `seq` is a 19-digit enqueue time in
+//!   nanoseconds. Plain byte order of names is therefore FIFO within a
+//!   priority — mtime is never consulted (it survives renames and lies).
+//! * `attempt` is the number of claims so far. A claim increments it, so the
+//!   running name is unique per claim and works as a fencing token: a runner
+//!   that lost its lease holds a name that no longer exists and can no longer
+//!   move the job.
+//! * `reaps` counts how many times an expired lease sent the job back; past
+//!   `RUNNER_MAX_RECLAIMS` the job is failed instead (a poison job never loops).
+//! * `runner` is the claiming runner's id (`[A-Za-z0-9_-]{1,64}`).
+
+use std::fmt;
+
+/// The part of a name that never changes while a job lives: `{prio}-{seq}-{job_id}`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Entry {
+    pub prio: u8,
+    pub seq: u64,
+    pub job_id: String,
+    pub attempt: u32,
+    pub reaps: u32,
+    pub runner: Option<String>,
+}
+
+pub const DEFAULT_PRIO: u8 = 5;
+
+impl Entry {
+    pub fn new(prio: u8, seq: u64, job_id: &str) -> Self {
+        Self {
+            prio: prio.min(9),
+            seq,
+            job_id: job_id.to_owned(),
+            attempt: 0,
+            reaps: 0,
+            runner: None,
+        }
+    }
+
+    /// `{prio}-{seq}-{job_id}`: stable over the job's whole life.
+    pub fn key(&self) -> String {
+        format!("{}-{:019}-{}", self.prio, self.seq, self.job_id)
+    }
+
+    pub fn file_name(&self) -> String {
+        match &self.runner {
+            Some(r) => format!("{}~{}.{}@{}.json", self.key(), self.attempt, self.reaps, r),
+            None => format!("{}~{}.{}.json", self.key(), self.attempt, self.reaps),
+        }
+    }
+
+    /// The same entry, claimed by `runner`: attempt + 1.
+    pub fn claimed_by(&self, runner: &str) -> Self {
+        Self {
+            attempt: self.attempt.saturating_add(1),
+            runner: Some(runner.to_owned()),
+            ..self.clone()
+        }
+    }
+
+    /// The same entry without an owner (for moves out of `running/`).
+    pub fn unowned(&self) -> Self {
+        Self {
+            runner: None,
+            ..self.clone()
+        }
+    }
+
+    /// Parses a queue file name. Returns `None` for anything that is not
+    /// exactly of the documented shape (temp files, stray files, hostile names).
+    pub fn parse(name: &str) -> Option<Self> {
+        let stem = name.strip_suffix(".json")?;
+        let (main, runner) = match stem.rsplit_once('@') {
+            Some((m, r)) if is_valid_runner_id(r) => (m, Some(r.to_owned())),
+            Some(_) => return None,
+            None => (stem, None),
+        };
+        let (key, counters) = main.rsplit_once('~')?;
+        let (attempt, reaps) = counters.split_once('.')?;
+        let attempt = parse_num(attempt)?;
+        let reaps = parse_num(reaps)?;
+        let mut parts = key.splitn(3, '-');
+        let prio = parts.next()?;
+        let seq = parts.next()?;
+        let job_id = parts.next()?;
+        if prio.len() != 1 || seq.len() != 19 || !is_valid_job_id(job_id) {
+            return None;
+        }
+        Some(Self {
+            prio: prio.parse().ok()?,
+            seq: seq.parse().ok()?,
+            job_id: job_id.to_owned(),
+            attempt,
+            reaps,
+            runner,
+        })
+    }
+}
+
+fn parse_num(s: &str) -> Option<u32> {
+    if s.is_empty() || s.len() > 9 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+impl fmt::Display for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.file_name())
+    }
+}
+
+/// The job id rule of the contracts (repeated here because fsqueue depends
+/// on nothing of ours): `[A-Za-z0-9._-]{8,64}`, not hidden, no `..`.
+pub fn is_valid_job_id(s: &str) -> bool {
+    (8..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        && !s.starts_with('.')
+        && !s.contains("..")
+}
+
+/// Runner ids appear in file names: `[A-Za-z0-9_-]{1,64}`.
+pub fn is_valid_runner_id(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Turns an arbitrary string (a host name, say) into a valid runner id.
+pub fn sanitize_runner_id(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    if out.is_empty() {
+        out.push_str("runner");
+    }
+    out
+}
+
+/// A strictly increasing enqueue sequence for this process: wall-clock
+/// nanoseconds, bumped past the previous value when the clock stalls or
+/// steps back. Across processes, ties are broken by the job id in the name.
+pub fn next_seq() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut prev = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(prev + 1);
+        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(p) => prev = p,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip() {
+        let e = Entry::new(
+            5,
+            1_732_233_552_123_456_789,
+            "0123456789abcdef0123456789abcdef",
+        );
+        let n = e.file_name();
+        assert_eq!(
+            n,
+            "5-1732233552123456789-0123456789abcdef0123456789abcdef~0.0.json"
+        );
+        assert_eq!(Entry::parse(&n), Some(e.clone()));
+        let c = e.claimed_by("runner-1");
+        assert_eq!(
+            c.file_name(),
+            "5-1732233552123456789-0123456789abcdef0123456789abcdef~1.0@runner-1.json"
+        );
+        assert_eq!(Entry::parse(&c.file_name()), Some(c.clone()));
+        assert_eq!(c.unowned().attempt, 1);
+    }
+
+    #[test]
+    fn fifo_by_name() {
+        let a = Entry::new(5, 9, "job-aaaaaaaa").file_name();
+        let b = Entry::new(5, 10, "job-aaaaaaaa").file_name();
+        let hi = Entry::new(1, 99, "job-zzzzzzzz").file_name();
+        assert!(a < b);
+        assert!(hi < a);
+        let s1 = next_seq();
+        let s2 = next_seq();
+        assert!(s2 > s1);
+    }
+
+    #[test]
+    fn rejects_hostile_names() {
+        for n in [
+            "",
+            ".orch-tmp-1-2-x",
+            "5-1732233552123456789-../../etc~0.0.json",
+            "5-1732233552123456789-abcdefgh~0.0@../x.json",
+            "5-1732233552123456789-abcdefgh~x.0.json",
+            "5-17322-abcdefgh~0.0.json",
+            "55-1732233552123456789-abcdefgh~0.0.json",
+            "5-1732233552123456789-abcdefgh~0.0",
+            "5-1732233552123456789-abcdefgh~99999999999.0.json",
+            "5-1732233552123456789-abcdefgh.json",
+        ] {
+            assert_eq!(Entry::parse(n), None, "{n:?}");
+        }
+        assert_eq!(sanitize_runner_id("host.example.com"), "host_example_com");
+    }
+}
