@@ -19,6 +19,7 @@ pub mod lease;
 pub mod name;
 pub mod queue;
 pub mod recover;
+pub mod signal;
 
 pub use claim::{Claim, Claimer};
 pub use lease::{ReapOutcome, Reaper, RunnerLock};

@@ -1,0 +1,196 @@
+//! Configuration shared by every orch process, resolved once at start-up
+//! from an [`EnvSource`]: the data directories, project aliases, and the
+//! logging set-up. Binaries add their own settings on top; this module is
+//! where anything two binaries both need lives.
+
+use crate::env::{self, ConfigError, EnvSource, EnvVar};
+use crate::job::ArtifactHandoff;
+use std::path::PathBuf;
+
+/// Where orch keeps its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    pub queue_root: PathBuf,
+    pub artifacts_root: PathBuf,
+    pub workspaces_root: PathBuf,
+    pub metrics_dir: PathBuf,
+    pub state_db: PathBuf,
+    pub schedules_dir: PathBuf,
+    /// `PROJECT_ALIASES`: project id → absolute source directory.
+    pub project_aliases: Vec<(String, PathBuf)>,
+}
+
+impl Paths {
+    pub fn resolve(src: &EnvSource) -> Result<Self, ConfigError> {
+        Ok(Self {
+            queue_root: path(src, &env::QUEUE_ROOT)?,
+            artifacts_root: path(src, &env::ARTIFACTS_ROOT)?,
+            workspaces_root: path(src, &env::WORKSPACES_ROOT)?,
+            metrics_dir: path(src, &env::METRICS_DIR)?,
+            state_db: path(src, &env::STATE_DB_PATH)?,
+            schedules_dir: path(src, &env::SCHEDULES_DIR)?,
+            project_aliases: project_aliases(src)?,
+        })
+    }
+}
+
+fn invalid(var: &EnvVar, value: &str, expected: &str) -> ConfigError {
+    ConfigError::Invalid {
+        var: var.name,
+        value: format!("{:?}", value.chars().take(40).collect::<String>()),
+        expected: expected.to_owned(),
+    }
+}
+
+/// A path variable with a default.
+fn path(src: &EnvSource, var: &EnvVar) -> Result<PathBuf, ConfigError> {
+    path_opt(src, var)?.ok_or_else(|| ConfigError::Missing {
+        var: var.name,
+        expected: "a directory path".into(),
+    })
+}
+
+/// An optional path variable. NUL bytes cannot occur (env values are C
+/// strings); anything else is a path the OS will judge on use.
+pub fn path_opt(src: &EnvSource, var: &EnvVar) -> Result<Option<PathBuf>, ConfigError> {
+    Ok(src.get_str(var)?.map(PathBuf::from))
+}
+
+/// `PROJECT_ALIASES=id=/abs/path,id2=/abs/path2`.
+pub fn project_aliases(src: &EnvSource) -> Result<Vec<(String, PathBuf)>, ConfigError> {
+    const EXPECTED: &str = "comma-separated id=/absolute/path pairs with ids of [A-Za-z0-9._-]";
+    let mut out: Vec<(String, PathBuf)> = Vec::new();
+    for item in src.get_list(&env::PROJECT_ALIASES)? {
+        let Some((id, p)) = item.split_once('=') else {
+            return Err(invalid(&env::PROJECT_ALIASES, &item, EXPECTED));
+        };
+        let (id, p) = (id.trim(), PathBuf::from(p.trim()));
+        if !crate::validate::is_valid_project_id(id) || !p.is_absolute() {
+            return Err(invalid(&env::PROJECT_ALIASES, &item, EXPECTED));
+        }
+        if out.iter().any(|(o, _)| o == id) {
+            return Err(invalid(
+                &env::PROJECT_ALIASES,
+                &item,
+                "each project id once",
+            ));
+        }
+        out.push((id.to_owned(), p));
+    }
+    Ok(out)
+}
+
+/// `DEFAULT_ARTIFACT_HANDOFF`.
+pub fn artifact_handoff(src: &EnvSource) -> Result<Option<ArtifactHandoff>, ConfigError> {
+    let v = src.get_enum(
+        &env::DEFAULT_ARTIFACT_HANDOFF,
+        &["manual", "patch_first", "workspace_first"],
+    )?;
+    Ok(ArtifactHandoff::parse(v))
+}
+
+/// Checks every registered variable that is set against the type its
+/// documented default implies (whole numbers, booleans), plus the
+/// structured ones. Used by `orch doctor`; each binary still validates what
+/// it reads at start-up.
+pub fn check_all(src: &EnvSource) -> Result<(), Vec<ConfigError>> {
+    let mut errs = Vec::new();
+    for var in env::ALL {
+        if src.raw(var.name).is_none_or(|v| v.trim().is_empty()) {
+            continue;
+        }
+        let r = match var.default {
+            "0" | "1" if is_flag(var) => src.get_bool(var).map(drop),
+            d if !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()) => {
+                src.get_u64_range(var, 0, u64::MAX).map(drop)
+            }
+            _ => src.get_str(var).map(drop),
+        };
+        if let Err(e) = r {
+            errs.push(e);
+        }
+    }
+    if let Err(e) = Paths::resolve(src) {
+        errs.push(e);
+    }
+    if let Err(e) = artifact_handoff(src) {
+        errs.push(e);
+    }
+    if errs.is_empty() { Ok(()) } else { Err(errs) }
+}
+
+/// Boolean switches among the variables whose default is 0 or 1.
+fn is_flag(var: &EnvVar) -> bool {
+    matches!(
+        var.name,
+        "ENABLE_REAL_CLI" | "SANDBOX" | "SANDBOX_CLEAR_ENV" | "CALLBACK_ALLOW_PRIVATE" | "LOG_JSON"
+    )
+}
+
+/// Installs the process's `tracing` subscriber: `LOG_LEVEL` (raised by
+/// `-v`), overridden by `RUST_LOG`; JSON lines when `LOG_JSON=1`. Logs go to
+/// stderr. Invalid values fall back to `info` with a warning, since logging
+/// must come up before anything can be reported.
+pub fn init_logging(src: &EnvSource, verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let level = match verbose {
+        0 => src
+            .get_enum(
+                &env::LOG_LEVEL,
+                &["error", "warn", "info", "debug", "trace"],
+            )
+            .unwrap_or("info"),
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(f) if !f.trim().is_empty() => {
+            EnvFilter::try_new(f).unwrap_or_else(|_| EnvFilter::new(level))
+        }
+        _ => EnvFilter::new(level),
+    };
+    let json = src.get_bool(&env::LOG_JSON).unwrap_or(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(pairs: &[(&str, &str)]) -> EnvSource {
+        EnvSource::from_pairs(pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())))
+    }
+
+    #[test]
+    fn defaults_and_aliases() {
+        let p = Paths::resolve(&src(&[])).unwrap();
+        assert_eq!(p.queue_root, PathBuf::from("var/queue"));
+        assert!(p.project_aliases.is_empty());
+        let p = Paths::resolve(&src(&[("PROJECT_ALIASES", "web=/srv/web, api=/srv/api")])).unwrap();
+        assert_eq!(p.project_aliases.len(), 2);
+        for bad in ["web", "web=relative/path", "../x=/srv", "a=/x,a=/y"] {
+            let e = Paths::resolve(&src(&[("PROJECT_ALIASES", bad)])).unwrap_err();
+            assert_eq!(e.subject(), "PROJECT_ALIASES", "{bad}");
+        }
+    }
+
+    #[test]
+    fn check_all_names_the_variable() {
+        assert!(check_all(&src(&[("RUNNER_LEASE_SEC", "30")])).is_ok());
+        let errs =
+            check_all(&src(&[("RUNNER_LEASE_SEC", "soon"), ("SANDBOX", "maybe")])).unwrap_err();
+        let subjects: Vec<String> = errs.iter().map(|e| e.subject()).collect();
+        assert!(
+            subjects.contains(&"RUNNER_LEASE_SEC".to_owned()),
+            "{subjects:?}"
+        );
+        assert!(subjects.contains(&"SANDBOX".to_owned()), "{subjects:?}");
+    }
+}
