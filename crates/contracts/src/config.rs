@@ -150,8 +150,10 @@ pub fn init_logging(src: &EnvSource, verbose: u8) {
         _ => EnvFilter::new(level),
     };
     let json = src.get_bool(&env::LOG_JSON).unwrap_or(false);
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = if json {
         builder.json().flatten_event(true).try_init()

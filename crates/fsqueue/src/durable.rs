@@ -18,7 +18,7 @@
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -117,9 +117,15 @@ fn write_temp(path: &Path, data: &[u8], mode: u32) -> Result<PathBuf> {
         .custom_flags(nix::libc::O_CLOEXEC | nix::libc::O_NOFOLLOW)
         .open(&tmp)
         .map_err(|e| DurableError::new("create", &tmp, e))?;
+    // The process umask may have narrowed the mode (a 077 umask would make
+    // artifacts unreadable by the service group): set it explicitly.
     let res = f
-        .write_all(data)
-        .map_err(|e| DurableError::new("write", &tmp, e))
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(|e| DurableError::new("chmod", &tmp, e))
+        .and_then(|()| {
+            f.write_all(data)
+                .map_err(|e| DurableError::new("write", &tmp, e))
+        })
         .and_then(|()| {
             f.sync_all()
                 .map_err(|e| DurableError::new("fsync", &tmp, e))
@@ -214,7 +220,12 @@ pub fn create_dir_all(dir: &Path) -> Result<()> {
     }
     use std::os::unix::fs::DirBuilderExt;
     match std::fs::DirBuilder::new().mode(DIR_MODE).create(dir) {
-        Ok(()) => fsync_parent(dir),
+        Ok(()) => {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
+                .map_err(|e| DurableError::new("chmod", dir, e))?;
+            fsync_parent(dir)
+        }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
         Err(e) => Err(DurableError::new("mkdir", dir, e)),
     }

@@ -1,0 +1,305 @@
+//! `orch`: the operator's command line. Submits and inspects jobs, moves
+//! them between queue states, checks the installation, and runs the whole
+//! stack for development (`orch dev`).
+//!
+//! Stdout carries data (ids, tables, `--json` documents); stderr carries
+//! messages. Every command works directly on the queue and artifacts
+//! directories, so it needs no running daemon.
+
+mod dev;
+mod doctor;
+mod ops;
+mod status;
+mod submit;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// orch: run coding-agent CLIs (Claude Code, Codex, OpenCode, ...) as
+/// multi-step jobs through a durable file queue.
+///
+/// Quick start:
+///   orch dev                                   # gateway + runner + scheduler on ./var
+///   orch submit examples/jobs/simple_job.json --wait
+///   orch status <job_id>
+///
+/// Paths and limits come from the environment (QUEUE_ROOT, ARTIFACTS_ROOT,
+/// WORKSPACES_ROOT, ...; see docs/CONFIGURATION.md) or a .env file.
+#[derive(Debug, Parser)]
+#[command(name = "orch", version, verbatim_doc_comment)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+    /// More log output on stderr (-v debug, -vv trace)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Validate a job file (or `-` for stdin) and enqueue it; prints the job id
+    ///
+    /// Only `goal` is required; missing fields get defaults (the plan →
+    /// implement → review pipeline). A job with policy.requires_approval
+    /// waits in awaiting_approval until `orch approve`.
+    Submit {
+        /// Job file (JSON), or `-` for stdin
+        file: String,
+        /// Print {"job_id", "state"} as JSON
+        #[arg(long)]
+        json: bool,
+        /// Follow the job until it ends; exit 0 only on success
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds (with --wait)
+        #[arg(long, value_name = "SEC", requires = "wait")]
+        timeout: Option<u64>,
+    },
+    /// Show a job: queue state, status, and each step
+    Status {
+        job_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List jobs, newest first
+    List {
+        /// Only this state: pending, awaiting_approval, running, done, failed
+        #[arg(long, value_name = "STATE")]
+        state: Option<String>,
+        /// At most this many jobs
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a job's logs (all steps, or one with --step); -f follows
+    Logs {
+        job_id: String,
+        #[arg(long, value_name = "STEP_ID")]
+        step: Option<String>,
+        /// Keep printing new output until the job ends
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Check a job file against the contract without enqueueing it
+    Validate {
+        file: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a job waiting for approval continue (resumes where it paused)
+    Approve(JobArg),
+    /// Refuse a job waiting for approval (it ends as cancelled)
+    Reject(JobArg),
+    /// Cancel a pending, waiting or running job
+    Cancel(JobArg),
+    /// Re-queue a failed or cancelled job; it resumes at its first unfinished step
+    Retry(JobArg),
+    /// Force a running job to failed and stop its agent (stuck jobs)
+    Unlock(JobArg),
+    /// Reap expired leases and quarantine corrupt queue files now
+    Recover {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check directories, disk, leases, corrupt files, configuration, sandbox
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run gateway, runner and scheduler on embedded defaults until Ctrl-C
+    Dev {
+        /// Address for the gateway
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        bind: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct JobArg {
+    /// The job id
+    #[arg(value_name = "JOB_ID", required_unless_present = "job")]
+    pub id: Option<String>,
+    /// The job id (MVP-compatible form)
+    #[arg(long = "job", value_name = "JOB_ID", conflicts_with = "id")]
+    pub job: Option<String>,
+}
+
+impl JobArg {
+    fn get(&self) -> &str {
+        self.id
+            .as_deref()
+            .or(self.job.as_deref())
+            .unwrap_or_default()
+    }
+}
+
+/// A failed command: what to print and which exit code to use.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: u8,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl CliError {
+    pub fn failed(msg: impl Into<String>) -> Self {
+        Self {
+            code: 1,
+            message: msg.into(),
+            hint: None,
+        }
+    }
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Self {
+            code: 2,
+            message: msg.into(),
+            hint: None,
+        }
+    }
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        Self {
+            code: 3,
+            message: msg.into(),
+            hint: None,
+        }
+    }
+    pub fn hint(mut self, h: impl Into<String>) -> Self {
+        self.hint = Some(h.into());
+        self
+    }
+}
+
+impl From<fsqueue::QueueError> for CliError {
+    fn from(e: fsqueue::QueueError) -> Self {
+        use fsqueue::QueueError as Q;
+        match &e {
+            Q::NotFound { .. } => {
+                CliError::not_found(e.to_string()).hint("`orch list` shows known jobs")
+            }
+            Q::WrongState { .. } | Q::Duplicate { .. } | Q::LeaseLost { .. } => {
+                CliError::not_found(e.to_string())
+            }
+            Q::BadJobId(_) => CliError::invalid(e.to_string()),
+            Q::Io(_) => CliError::failed(e.to_string()),
+        }
+    }
+}
+
+impl From<contracts::env::ConfigError> for CliError {
+    fn from(e: contracts::env::ConfigError) -> Self {
+        CliError::invalid(e.to_string()).hint("see docs/CONFIGURATION.md")
+    }
+}
+
+/// The directories and settings every command needs.
+pub struct Ctx {
+    pub env: contracts::env::EnvSource,
+    pub paths: contracts::config::Paths,
+}
+
+impl Ctx {
+    fn load() -> Result<Self, CliError> {
+        let env = contracts::env::EnvSource::load()?;
+        let paths = contracts::config::Paths::resolve(&env)?;
+        Ok(Self { env, paths })
+    }
+
+    fn queue(&self) -> Result<fsqueue::Queue, CliError> {
+        fsqueue::Queue::open(&self.paths.queue_root).map_err(|e| {
+            CliError::failed(format!("cannot open the queue: {e}"))
+                .hint("check QUEUE_ROOT and that the directory is writable")
+        })
+    }
+
+    fn store(&self) -> artifacts::ArtifactStore {
+        artifacts::ArtifactStore::new(&self.paths.artifacts_root)
+    }
+
+    pub fn artifacts_root(&self) -> &std::path::Path {
+        &self.paths.artifacts_root
+    }
+}
+
+/// Runs a parsed command line; returns the exit code on success paths that
+/// are not 0 (e.g. `submit --wait` of a job that failed).
+pub fn run(cli: Cli) -> Result<u8, CliError> {
+    init_logging(cli.verbose);
+    match cli.cmd {
+        Cmd::Submit {
+            file,
+            json,
+            wait,
+            timeout,
+        } => submit::submit(&Ctx::load()?, &file, json, wait, timeout),
+        Cmd::Validate { file, json } => submit::validate(&Ctx::load()?, &file, json),
+        Cmd::Status { job_id, json } => status::status(&Ctx::load()?, &job_id, json),
+        Cmd::List { state, limit, json } => {
+            status::list(&Ctx::load()?, state.as_deref(), limit, json)
+        }
+        Cmd::Logs {
+            job_id,
+            step,
+            follow,
+        } => status::logs(&Ctx::load()?, &job_id, step.as_deref(), follow),
+        Cmd::Approve(j) => ops::approve(&Ctx::load()?, j.get()),
+        Cmd::Reject(j) => ops::reject(&Ctx::load()?, j.get()),
+        Cmd::Cancel(j) => ops::cancel(&Ctx::load()?, j.get()),
+        Cmd::Retry(j) => ops::retry(&Ctx::load()?, j.get()),
+        Cmd::Unlock(j) => ops::unlock(&Ctx::load()?, j.get()),
+        Cmd::Recover { json } => ops::recover(&Ctx::load()?, json),
+        Cmd::Doctor { json } => doctor::doctor(&json),
+        Cmd::Dev { bind } => dev::dev(&bind),
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Reads a job file or stdin (`-`), refusing anything over 8 MiB.
+pub(crate) fn read_input(file: &str) -> Result<Vec<u8>, CliError> {
+    use std::io::Read;
+    const MAX: u64 = 8 * 1024 * 1024;
+    let mut buf = Vec::new();
+    let res = if file == "-" {
+        std::io::stdin().take(MAX + 1).read_to_end(&mut buf)
+    } else {
+        let p = PathBuf::from(file);
+        match std::fs::metadata(&p) {
+            Ok(m) if m.is_dir() => {
+                return Err(CliError::invalid(format!(
+                    "{file}: is a directory, expected a JSON job file"
+                )));
+            }
+            Err(e) => return Err(CliError::invalid(format!("{file}: {e}"))),
+            Ok(_) => {}
+        }
+        std::fs::File::open(&p).and_then(|f| f.take(MAX + 1).read_to_end(&mut buf))
+    };
+    res.map_err(|e| CliError::invalid(format!("{file}: cannot read: {e}")))?;
+    if buf.len() as u64 > MAX {
+        return Err(CliError::invalid(format!(
+            "{file}: larger than 8 MiB; a job file is a small JSON document"
+        )));
+    }
+    Ok(buf)
+}
+
+/// Prints a JSON value on stdout.
+pub(crate) fn print_json(v: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|_| "null".into())
+    );
+}

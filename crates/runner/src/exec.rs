@@ -1,0 +1,892 @@
+//! Runs one claimed job: load and validate it, prepare its workspace, run its
+//! steps from the first one that has not succeeded (so a reaped, approved or
+//! retried job resumes instead of starting over), publish every artifact,
+//! and finally move the queue file to its terminal (or waiting) state.
+//!
+//! Every artifact write happens while the lease is held; a job whose lease
+//! was lost stops at the next check and leaves the queue alone, because the
+//! job now belongs to whichever runner reaped it.
+
+use crate::config::Config;
+use crate::prompt;
+use artifacts::{ArtifactStore, JobArtifacts, StepOutput};
+use contracts::{
+    ContextDoc, ContextMessage, ContextStrategy, ErrorInfo, Job, JobState, OnFailure, ResultDoc,
+    ResultKind, Status, Step, StepState, now_rfc3339,
+};
+use fsqueue::{Claim, Entry, Located, Queue, QueueError, State};
+use serde_json::{Map, Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use workers::{Registry, StepOutcome, StepRequest};
+
+/// Why a job's cancellation token fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// An operator cancelled the job: finish it as `cancelled`.
+    Cancelled,
+    /// The lease is gone: someone else owns the job now; touch nothing.
+    LeaseLost,
+    /// The runner is shutting down: release the job to `pending/`.
+    Shutdown,
+}
+
+/// Shared between the job task and the runner's heartbeat.
+#[derive(Debug, Clone)]
+pub struct JobControl {
+    pub cancel: CancellationToken,
+    reason: Arc<Mutex<Option<StopReason>>>,
+}
+
+impl Default for JobControl {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl JobControl {
+    pub fn new() -> Self {
+        Self {
+            cancel: CancellationToken::new(),
+            reason: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Stops the job for `why`. The first reason wins.
+    pub fn stop(&self, why: StopReason) {
+        let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        if r.is_none() {
+            *r = Some(why);
+        }
+        drop(r);
+        self.cancel.cancel();
+    }
+
+    pub fn reason(&self) -> Option<StopReason> {
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Everything a job task needs, shared by all of them.
+pub struct Ctx {
+    pub cfg: Config,
+    pub queue: Queue,
+    pub store: ArtifactStore,
+    pub registry: Registry,
+}
+
+impl Ctx {
+    pub fn known_agents(&self) -> Vec<&str> {
+        self.registry.names()
+    }
+}
+
+/// How a job run ended, for the runner's bookkeeping and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobEnd {
+    Finished(Status),
+    Parked,
+    Released,
+    LeaseLost,
+    Quarantined,
+    Error,
+}
+
+/// Runs a claimed job to its end. Never panics on bad input: an invalid job
+/// file is quarantined, an I/O error fails the job with a clear error.
+pub async fn run(ctx: Arc<Ctx>, claim: Claim, control: JobControl) -> JobEnd {
+    let loc = claim.loc.clone();
+    let job_id = loc.entry.job_id.clone();
+    let job = match parse_job(&claim.doc, &ctx.known_agents()) {
+        Ok(j) => j,
+        Err(reason) => {
+            tracing::error!(job_id, %reason, "invalid job file; quarantining");
+            let _ = ctx
+                .queue
+                .quarantine(&loc.path, &format!("invalid job: {reason}"));
+            metrics::counter!("orch_corrupt_files_total").increment(1);
+            return JobEnd::Quarantined;
+        }
+    };
+    if job.job_id.as_str() != job_id {
+        let reason = format!(
+            "job_id in the file ({}) does not match the queue name ({job_id})",
+            job.job_id
+        );
+        let _ = ctx.queue.quarantine(&loc.path, &reason);
+        return JobEnd::Quarantined;
+    }
+    let mut run = JobRun {
+        arts: ctx.store.job(&job.job_id),
+        ctx: ctx.clone(),
+        job,
+        loc,
+        control,
+        state: None,
+        work_dir: PathBuf::new(),
+    };
+    match run.execute().await {
+        Ok(end) => end,
+        Err(e) => {
+            tracing::error!(job_id, error = %e, "job failed with an internal error");
+            run.fail_internal(&e).await
+        }
+    }
+}
+
+fn parse_job(doc: &[u8], known_agents: &[&str]) -> Result<Job, String> {
+    let value: Value = serde_json::from_slice(doc).map_err(|e| format!("not valid JSON: {e}"))?;
+    contracts::validate::validate_job(&value, known_agents).map_err(|v| v.to_string())
+}
+
+struct JobRun {
+    ctx: Arc<Ctx>,
+    arts: JobArtifacts,
+    job: Job,
+    loc: Located,
+    control: JobControl,
+    state: Option<JobState>,
+    work_dir: PathBuf,
+}
+
+type AnyErr = Box<dyn std::error::Error + Send + Sync>;
+
+impl JobRun {
+    fn state(&mut self) -> &mut JobState {
+        self.state.get_or_insert_with(|| JobState {
+            job_id: String::new(),
+            status: Status::Running,
+            started_at: None,
+            finished_at: None,
+            current_step: None,
+            attempt: 0,
+            steps: Default::default(),
+        })
+    }
+
+    /// Publishes state.json, but only while we still hold the lease.
+    fn save_state(&mut self) -> Result<(), AnyErr> {
+        self.check_lease()?;
+        let st = self.state().clone();
+        self.arts.write_state(&st)?;
+        Ok(())
+    }
+
+    fn check_lease(&self) -> Result<(), AnyErr> {
+        if self.control.reason() == Some(StopReason::LeaseLost) {
+            return Err("lease lost".into());
+        }
+        fsqueue::lease::renew(&self.loc).map_err(|e| {
+            self.control.stop(StopReason::LeaseLost);
+            Box::new(e) as AnyErr
+        })
+    }
+
+    async fn execute(&mut self) -> Result<JobEnd, AnyErr> {
+        let ctx = self.ctx.clone();
+        let cfg = &ctx.cfg;
+        let job_id = self.job.job_id.to_string();
+        self.work_dir = cfg.workspaces_root.join(&job_id).join("work");
+        let state_dir = cfg.workspaces_root.join(&job_id).join("state");
+
+        // Resume: what earlier attempts recorded stays; only the job-level
+        // status and attempt change.
+        let prev = self.arts.read_state().ok().flatten();
+        let resumed = prev.is_some();
+        let mut st = prev.unwrap_or(JobState {
+            job_id: job_id.clone(),
+            status: Status::Running,
+            started_at: Some(now_rfc3339()),
+            finished_at: None,
+            current_step: None,
+            attempt: self.loc.entry.attempt,
+            steps: Default::default(),
+        });
+        st.status = Status::Running;
+        st.finished_at = None;
+        st.attempt = self.loc.entry.attempt;
+        self.state = Some(st);
+
+        let mut stored_job = self.job.clone();
+        stored_job.workdir = self.work_dir.display().to_string();
+        self.check_lease()?;
+        let st = self.state().clone();
+        self.arts.init(&stored_job, &st)?;
+        tracing::info!(
+            job_id,
+            resumed,
+            attempt = self.loc.entry.attempt,
+            "job started"
+        );
+
+        let source = self.workspace_source()?;
+        let excludes = [
+            abs(&cfg.queue_root),
+            abs(&cfg.artifacts_root),
+            abs(&cfg.workspaces_root),
+        ];
+        let work = self.work_dir.clone();
+        let src = source.clone();
+        tokio::task::spawn_blocking(move || {
+            workers::workspace::prepare(src.as_deref(), &work, &excludes)
+        })
+        .await??;
+        fsqueue::durable::create_dir_all(&state_dir)?;
+
+        let mut context = match self.arts.read_context().ok().flatten() {
+            Some(c) => c,
+            None => ContextDoc {
+                strategy: self.job.context_strategy,
+                messages: self.job.context_window.clone(),
+                updated_at: now_rfc3339(),
+            },
+        };
+
+        let mut i = 0usize;
+        let mut gotos = 0u32;
+        let mut continued: Vec<String> = Vec::new();
+        let mut end_status = Status::Success;
+        let mut end_error: Option<ErrorInfo> = None;
+        while i < self.job.steps.len() {
+            let step = self.job.steps[i].clone();
+            let done = self
+                .state()
+                .steps
+                .get(step.step_id.as_str())
+                .is_some_and(|s| s.status == Status::Success);
+            if done {
+                i += 1;
+                continue;
+            }
+            if let Some(why) = self.control.reason() {
+                return self.stopped(why).await;
+            }
+            let result = self.run_step(&step, &mut context, &state_dir).await?;
+            if let Some(why) = self.control.reason()
+                && why != StopReason::Cancelled
+            {
+                return self.stopped(why).await;
+            }
+            match result.status {
+                Status::Success => i += 1,
+                Status::Cancelled => {
+                    end_status = Status::Cancelled;
+                    end_error = Some(ErrorInfo::new(
+                        "cancelled",
+                        "the job was cancelled by an operator",
+                    ));
+                    break;
+                }
+                Status::NeedsHuman => return self.park(&step).await,
+                _ => match &step.on_failure {
+                    OnFailure::Stop => {
+                        end_status = Status::Failed;
+                        end_error = Some(step_failure(&step, &result));
+                        break;
+                    }
+                    OnFailure::Continue => {
+                        tracing::warn!(job_id, step_id = %step.step_id, "step failed; continuing as configured");
+                        continued.push(step.step_id.to_string());
+                        i += 1;
+                    }
+                    OnFailure::AskHuman => return self.park(&step).await,
+                    OnFailure::Goto(target) => {
+                        gotos += 1;
+                        if gotos > self.ctx.cfg.max_goto {
+                            end_status = Status::Failed;
+                            end_error = Some(ErrorInfo::new(
+                                "goto_limit",
+                                format!(
+                                    "step {} failed and its goto:{target} was taken {} times, more than RUNNER_MAX_GOTO={}",
+                                    step.step_id,
+                                    gotos - 1,
+                                    self.ctx.cfg.max_goto
+                                ),
+                            ));
+                            break;
+                        }
+                        let t = self.job.step_index(target.as_str()).unwrap_or(i);
+                        // Steps from the target on run again.
+                        let ids: Vec<String> = self.job.steps[t..=i.max(t)]
+                            .iter()
+                            .map(|s| s.step_id.to_string())
+                            .collect();
+                        for id in ids {
+                            if let Some(s) = self.state().steps.get_mut(&id) {
+                                s.status = Status::Retryable;
+                            }
+                        }
+                        i = t;
+                    }
+                },
+            }
+        }
+        if end_status == Status::Success && !continued.is_empty() {
+            end_status = Status::Failed;
+            end_error = Some(ErrorInfo::new(
+                "steps_failed_continued",
+                format!(
+                    "the job ran to the end, but these steps failed and were continued past (on_failure: continue): {}",
+                    continued.join(", ")
+                ),
+            ));
+        }
+        self.finish(end_status, end_error, &continued).await
+    }
+
+    /// The directory the workspace is prepared from, if any.
+    fn workspace_source(&self) -> Result<Option<PathBuf>, AnyErr> {
+        if let Some(pid) = &self.job.project_id {
+            let path = self
+                .ctx
+                .cfg
+                .project_aliases
+                .iter()
+                .find(|(id, _)| id == pid)
+                .map(|(_, p)| p.clone())
+                .ok_or_else(|| {
+                    format!("project_id {pid:?} is not configured in PROJECT_ALIASES")
+                })?;
+            return Ok(Some(path));
+        }
+        let trusted = !matches!(self.job.source.kind, contracts::SourceType::Webhook);
+        if trusted && self.job.workdir != "." {
+            let p = PathBuf::from(&self.job.workdir);
+            if !p.is_absolute() {
+                return Err(format!(
+                    "workdir {:?} is relative; submit it as an absolute path",
+                    self.job.workdir
+                )
+                .into());
+            }
+            if !p.is_dir() {
+                return Err(format!("workdir {} is not a directory", p.display()).into());
+            }
+            return Ok(Some(p));
+        }
+        Ok(None)
+    }
+
+    async fn run_step(
+        &mut self,
+        step: &Step,
+        context: &mut ContextDoc,
+        state_dir: &Path,
+    ) -> Result<ResultDoc, AnyErr> {
+        let job_id = self.job.job_id.to_string();
+        let sid = step.step_id.to_string();
+        let started_at = now_rfc3339();
+        let prior_attempts = self.state().steps.get(&sid).map(|s| s.attempt).unwrap_or(0);
+        let _ = prior_attempts;
+        {
+            let st = self.state();
+            st.current_step = Some(sid.clone());
+            st.steps.insert(
+                sid.clone(),
+                StepState {
+                    status: Status::Running,
+                    attempt: 0,
+                    agent: step.agent.clone(),
+                    role: step.role.clone(),
+                    started_at: Some(started_at.clone()),
+                    finished_at: None,
+                    summary: String::new(),
+                },
+            );
+        }
+        self.save_state()?;
+        self.arts.begin_step(step, 1)?;
+
+        let prompt = prompt::build(
+            &self.job,
+            step,
+            &context.messages,
+            &self.arts,
+            self.ctx.cfg.input_limits,
+            self.ctx.cfg.prompts_dir.as_deref(),
+        );
+        let work = self.work_dir.clone();
+        let before = tokio::task::spawn_blocking(move || workers::Snapshot::take(&work)).await??;
+
+        let worker = self.ctx.registry.get(&step.agent);
+        let max_attempts = step.max_retries.saturating_add(1);
+        let t0 = Instant::now();
+        let mut outcome: StepOutcome;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            if let Some(s) = self.state().steps.get_mut(&sid) {
+                s.attempt = attempt;
+            }
+            self.save_state()?;
+            let req = StepRequest {
+                job_id: self.job.job_id.clone(),
+                step: step.clone(),
+                attempt,
+                prompt: prompt.clone(),
+                workdir: self.work_dir.clone(),
+                state_dir: state_dir.to_path_buf(),
+                goal: self.job.goal.clone(),
+            };
+            let a0 = Instant::now();
+            outcome = match &worker {
+                None => StepOutcome::failure(
+                    Status::Failed,
+                    ErrorInfo::new(
+                        "unknown_agent",
+                        format!("agent {:?} is not available on this runner", step.agent),
+                    ),
+                ),
+                Some(w) => {
+                    let child = self.control.cancel.child_token();
+                    let limit = Duration::from_secs(u64::from(step.timeout_sec));
+                    match tokio::time::timeout(limit, w.run(&req, child.clone())).await {
+                        Ok(o) => o,
+                        Err(_) => {
+                            child.cancel();
+                            StepOutcome::failure(
+                                Status::Timeout,
+                                ErrorInfo::new(
+                                    "timeout",
+                                    format!(
+                                        "the attempt ran longer than timeout_sec={}",
+                                        step.timeout_sec
+                                    ),
+                                ),
+                            )
+                        }
+                    }
+                }
+            };
+            let agent = step.agent.clone();
+            metrics::counter!("orch_step_attempts_total", "agent" => agent.clone(), "status" => outcome.status.as_str())
+                .increment(1);
+            metrics::histogram!("orch_step_attempt_duration_seconds", "agent" => agent)
+                .record(a0.elapsed().as_secs_f64());
+            if self.control.cancel.is_cancelled() {
+                if self.control.reason() == Some(StopReason::Cancelled) {
+                    outcome = StepOutcome::cancelled("cancelled by an operator");
+                }
+                break;
+            }
+            let retryable = matches!(outcome.status, Status::Retryable | Status::Timeout);
+            tracing::info!(job_id, step_id = %sid, attempt, status = %outcome.status, "attempt finished");
+            if !retryable || attempt >= max_attempts {
+                break;
+            }
+            let delay = backoff(step.retry_backoff_sec, attempt);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.control.cancel.cancelled() => {}
+            }
+        }
+        if let Some(why) = self.control.reason()
+            && why != StopReason::Cancelled
+        {
+            return Err(format!("stopped: {why:?}").into());
+        }
+        // An exhausted retryable failure is a failure; a timeout stays a timeout.
+        let status = match outcome.status {
+            Status::Retryable => Status::Failed,
+            s => s,
+        };
+        let work = self.work_dir.clone();
+        let patch = tokio::task::spawn_blocking(move || {
+            workers::Snapshot::take(&work).map(|after| workers::diff(&before, &after))
+        })
+        .await??;
+        let change_status = if patch.is_empty() {
+            "no_changes"
+        } else {
+            "changed"
+        };
+        let finished_at = now_rfc3339();
+        let mut metrics_map = outcome.metrics.clone();
+        metrics_map.insert("duration_ms".into(), json!(t0.elapsed().as_millis() as u64));
+        metrics_map.entry("cost_usd").or_insert(json!(0.0));
+        metrics_map.entry("tokens_in").or_insert(json!(0));
+        metrics_map.entry("tokens_out").or_insert(json!(0));
+        let mut summary = outcome.summary.clone();
+        if status != Status::Success && matches!(step.on_failure, OnFailure::Continue) {
+            summary = format!(
+                "{summary} (failed; the job continued past this step because on_failure is continue)"
+            );
+        }
+        let result = ResultDoc {
+            schema_version: contracts::SCHEMA_VERSION.into(),
+            kind: ResultKind::Step,
+            job_id: job_id.clone(),
+            step_id: Some(sid.clone()),
+            agent: Some(step.agent.clone()),
+            role: Some(step.role.clone()),
+            status,
+            attempts: attempt.clamp(1, 50),
+            started_at: started_at.clone(),
+            finished_at: finished_at.clone(),
+            summary: summary.clone(),
+            change_status: Some(change_status.into()),
+            secrets_check: None,
+            artifacts: artifacts::step_result_paths(&step.step_id),
+            metrics: metrics_map,
+            error: outcome.error.clone(),
+            steps: None,
+        };
+        self.check_lease()?;
+        self.arts.publish_step(
+            &step.step_id,
+            &StepOutput {
+                report_md: outcome.report_md.clone(),
+                patch_diff: patch,
+                logs_txt: outcome.logs.clone(),
+                result: result.clone(),
+                raw_stdout: outcome.raw_stdout.clone(),
+                raw_stderr: outcome.raw_stderr.clone(),
+            },
+        )?;
+        {
+            let st = self.state();
+            st.steps.insert(
+                sid.clone(),
+                StepState {
+                    status,
+                    attempt,
+                    agent: step.agent.clone(),
+                    role: step.role.clone(),
+                    started_at: Some(started_at),
+                    finished_at: Some(finished_at),
+                    summary: summary.clone(),
+                },
+            );
+        }
+        self.save_state()?;
+        // Context: what was asked, and how it went.
+        context.messages.push(ContextMessage {
+            role: "user".into(),
+            content: format!("[{sid}] {}", step.prompt),
+            extra: Map::new(),
+        });
+        context.messages.push(ContextMessage {
+            role: "assistant".into(),
+            content: format!("[{sid} {}:{}] {status}: {summary}", step.agent, step.role),
+            extra: Map::new(),
+        });
+        apply_strategy(context);
+        context.updated_at = now_rfc3339();
+        self.arts.write_context(context)?;
+        Ok(result)
+    }
+
+    /// Collects the step results of this job in step order.
+    fn step_results(&self) -> Vec<ResultDoc> {
+        self.job
+            .steps
+            .iter()
+            .filter_map(|s| self.arts.read_step_result(&s.step_id).ok().flatten())
+            .filter(|r| r.status != Status::Running)
+            .collect()
+    }
+
+    fn job_result(
+        &mut self,
+        status: Status,
+        error: Option<ErrorInfo>,
+        continued: &[String],
+    ) -> ResultDoc {
+        let steps = self.step_results();
+        let mut cost = 0.0f64;
+        let (mut tin, mut tout) = (0u64, 0u64);
+        for r in &steps {
+            cost += r
+                .metrics
+                .get("cost_usd")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0);
+            tin += r
+                .metrics
+                .get("tokens_in")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            tout += r
+                .metrics
+                .get("tokens_out")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+        }
+        let ok = steps.iter().filter(|r| r.status == Status::Success).count();
+        let mut summary = match status {
+            Status::Success => format!("all {} steps succeeded", self.job.steps.len()),
+            Status::NeedsHuman => "waiting for a human decision".to_owned(),
+            Status::Cancelled => "cancelled".to_owned(),
+            _ => format!("{ok} of {} steps succeeded", self.job.steps.len()),
+        };
+        if !continued.is_empty() {
+            summary.push_str(&format!(
+                "; failed steps continued past: {}",
+                continued.join(", ")
+            ));
+        }
+        if let Some(e) = &error
+            && status != Status::Success
+        {
+            summary.push_str(&format!("; {}", e.message));
+        }
+        let st = self.state().clone();
+        let started = st.started_at.clone().unwrap_or_else(now_rfc3339);
+        let duration_ms = jiff::Timestamp::now()
+            .since(
+                started
+                    .parse::<jiff::Timestamp>()
+                    .unwrap_or_else(|_| jiff::Timestamp::now()),
+            )
+            .ok()
+            .and_then(|s| s.total(jiff::Unit::Millisecond).ok())
+            .unwrap_or(0.0)
+            .max(0.0) as u64;
+        let change = if steps
+            .iter()
+            .any(|r| r.change_status.as_deref() == Some("changed"))
+        {
+            "changed"
+        } else {
+            "no_changes"
+        };
+        let attempts = steps
+            .iter()
+            .map(|r| r.attempts)
+            .max()
+            .unwrap_or(1)
+            .clamp(1, 50);
+        let mut metrics_map = Map::new();
+        metrics_map.insert("duration_ms".into(), json!(duration_ms));
+        metrics_map.insert("cost_usd".into(), json!(cost));
+        metrics_map.insert("tokens_in".into(), json!(tin));
+        metrics_map.insert("tokens_out".into(), json!(tout));
+        metrics_map.insert("queue_attempt".into(), json!(self.loc.entry.attempt));
+        ResultDoc {
+            schema_version: contracts::SCHEMA_VERSION.into(),
+            kind: ResultKind::Job,
+            job_id: self.job.job_id.to_string(),
+            step_id: None,
+            agent: None,
+            role: None,
+            status,
+            attempts,
+            started_at: started,
+            finished_at: now_rfc3339(),
+            summary,
+            change_status: Some(change.into()),
+            secrets_check: None,
+            artifacts: artifacts::job_result_paths(),
+            metrics: metrics_map,
+            error,
+            steps: Some(steps),
+        }
+    }
+
+    async fn finish(
+        &mut self,
+        status: Status,
+        error: Option<ErrorInfo>,
+        continued: &[String],
+    ) -> Result<JobEnd, AnyErr> {
+        let result = self.job_result(status, error, continued);
+        {
+            let st = self.state();
+            st.status = status;
+            st.current_step = None;
+            st.finished_at = Some(result.finished_at.clone());
+        }
+        self.check_lease()?;
+        self.arts.finish_job(&self.job, &result)?;
+        self.save_state()?;
+        let to = if status == Status::Success {
+            State::Done
+        } else {
+            State::Failed
+        };
+        self.move_queue(to)?;
+        record_job_metrics(status, &result);
+        tracing::info!(job_id = %self.job.job_id, status = %status, summary = %result.summary, "job finished");
+        Ok(JobEnd::Finished(status))
+    }
+
+    fn move_queue(&self, to: State) -> Result<Located, AnyErr> {
+        let entry: Entry = self.loc.entry.unowned();
+        match self.ctx.queue.move_to(&self.loc, to, &entry) {
+            Ok(l) => Ok(l),
+            Err(QueueError::LeaseLost { .. }) => {
+                self.control.stop(StopReason::LeaseLost);
+                Err("lease lost before the final move".into())
+            }
+            Err(e) => Err(Box::new(e)),
+        }
+    }
+
+    /// Parks the job in `awaiting_approval/` (needs_human / ask_human).
+    async fn park(&mut self, step: &Step) -> Result<JobEnd, AnyErr> {
+        let err = ErrorInfo::new(
+            "needs_human",
+            format!(
+                "step {} needs a human decision; approve the job to resume at this step",
+                step.step_id
+            ),
+        );
+        let result = self.job_result(Status::NeedsHuman, Some(err), &[]);
+        {
+            let st = self.state();
+            st.status = Status::NeedsHuman;
+            st.current_step = Some(step.step_id.to_string());
+        }
+        self.check_lease()?;
+        self.arts.finish_job(&self.job, &result)?;
+        self.save_state()?;
+        self.move_queue(State::AwaitingApproval)?;
+        tracing::info!(job_id = %self.job.job_id, step_id = %step.step_id, "job parked for approval");
+        Ok(JobEnd::Parked)
+    }
+
+    /// The job was stopped from outside, between or during steps.
+    async fn stopped(&mut self, why: StopReason) -> Result<JobEnd, AnyErr> {
+        match why {
+            StopReason::LeaseLost => {
+                tracing::warn!(job_id = %self.job.job_id, "lease lost; abandoning the job to its new owner");
+                Ok(JobEnd::LeaseLost)
+            }
+            StopReason::Shutdown => {
+                self.release()?;
+                Ok(JobEnd::Released)
+            }
+            StopReason::Cancelled => {
+                let err = ErrorInfo::new("cancelled", "the job was cancelled by an operator");
+                self.finish(Status::Cancelled, Some(err), &[]).await
+            }
+        }
+    }
+
+    /// Gives the job back to `pending/` so another runner resumes it.
+    fn release(&mut self) -> Result<(), AnyErr> {
+        // Interrupted steps show as retryable so observers do not see a
+        // "running" step that nobody runs.
+        let cur = self.state().current_step.clone();
+        if let Some(cur) = cur
+            && let Some(s) = self.state().steps.get_mut(&cur)
+            && s.status == Status::Running
+        {
+            s.status = Status::Retryable;
+            s.summary = "interrupted by runner shutdown; will resume".into();
+        }
+        if fsqueue::lease::renew(&self.loc).is_ok() {
+            let st = self.state().clone();
+            let _ = self.arts.write_state(&st);
+        }
+        self.move_queue(State::Pending)?;
+        tracing::info!(job_id = %self.job.job_id, "job released to pending for another runner");
+        Ok(())
+    }
+
+    /// An internal error (I/O, workspace preparation): fail the job with
+    /// the error recorded, unless the job is no longer ours.
+    async fn fail_internal(&mut self, e: &AnyErr) -> JobEnd {
+        match self.control.reason() {
+            Some(StopReason::LeaseLost) => return JobEnd::LeaseLost,
+            Some(StopReason::Shutdown) => {
+                return match self.release() {
+                    Ok(()) => JobEnd::Released,
+                    Err(_) => JobEnd::Error,
+                };
+            }
+            _ => {}
+        }
+        let err = ErrorInfo::new("internal", e.to_string());
+        match self.finish(Status::Failed, Some(err), &[]).await {
+            Ok(end) => end,
+            Err(e2) => {
+                tracing::error!(job_id = %self.job.job_id, error = %e2, "could not record the failure");
+                // Last resort: get the file out of running/ so it is not
+                // re-run forever; failed/ without a result is visible to
+                // `orch status`.
+                let _ = self.move_queue(State::Failed);
+                JobEnd::Error
+            }
+        }
+    }
+}
+
+fn step_failure(step: &Step, r: &ResultDoc) -> ErrorInfo {
+    let mut e = r.error.clone().unwrap_or_else(|| {
+        ErrorInfo::new(
+            r.status.as_str(),
+            format!("step {} ended {}", step.step_id, r.status),
+        )
+    });
+    e.details
+        .insert("step_id".into(), json!(step.step_id.as_str()));
+    e
+}
+
+/// Exponential backoff from `base_sec`, capped at 60 s, with ±20 % jitter so
+/// runners retrying the same flaky API do not stampede in lockstep.
+pub fn backoff(base_sec: u32, attempt: u32) -> Duration {
+    let base = f64::from(base_sec) * 2f64.powi(attempt.saturating_sub(1).min(16) as i32);
+    let capped = base.min(60.0);
+    let jitter = 0.8 + 0.4 * (random_u32() as f64 / u32::MAX as f64);
+    Duration::from_secs_f64(capped * jitter)
+}
+
+fn random_u32() -> u32 {
+    let h = contracts::ids::random_hex32();
+    u32::from_str_radix(&h[..8], 16).unwrap_or(0)
+}
+
+/// Applies the context strategy: `full` keeps everything; `sliding` keeps
+/// the last 12 messages; `summarize` folds older messages into one system
+/// message of at most 4000 chars and keeps the last 11.
+pub fn apply_strategy(ctx: &mut ContextDoc) {
+    let msgs = &mut ctx.messages;
+    match ctx.strategy {
+        ContextStrategy::Full => {}
+        ContextStrategy::Sliding => {
+            if msgs.len() > 12 {
+                let cut = msgs.len() - 12;
+                msgs.drain(..cut);
+            }
+        }
+        ContextStrategy::Summarize => {
+            if msgs.len() > 12 {
+                let cut = msgs.len() - 11;
+                let old: Vec<ContextMessage> = msgs.drain(..cut).collect();
+                let mut text = String::from("Summary of earlier context:\n");
+                for m in &old {
+                    text.push_str(&format!(
+                        "- [{}] {}\n",
+                        m.role,
+                        m.content.replace('\n', " ")
+                    ));
+                }
+                let text: String = text.chars().take(4000).collect();
+                msgs.insert(
+                    0,
+                    ContextMessage {
+                        role: "system".into(),
+                        content: text,
+                        extra: Map::new(),
+                    },
+                );
+            }
+        }
+    }
+}
+
+fn record_job_metrics(status: Status, result: &ResultDoc) {
+    metrics::counter!("orch_jobs_finished_total", "status" => status.as_str()).increment(1);
+    if let Some(ms) = result.metrics.get("duration_ms").and_then(Value::as_u64) {
+        metrics::histogram!("orch_job_duration_seconds", "status" => status.as_str())
+            .record(ms as f64 / 1000.0);
+    }
+}
+
+fn abs(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}

@@ -1,0 +1,314 @@
+//! `orch-runner`: claims jobs from the file queue and runs their steps.
+//!
+//! One process runs up to `RUNNER_CONCURRENCY` jobs at once; any number of
+//! runner processes (on any number of hosts) may share one queue. The loop:
+//! wait for a free slot, claim the first pending job (woken by inotify, not
+//! a sleep loop), run it in its own task. Beside it, a heartbeat renews the
+//! leases of running jobs, notices operator cancel requests and lost leases,
+//! and reaps claims abandoned by dead runners.
+
+pub mod config;
+pub mod exec;
+pub mod prompt;
+
+use config::Config;
+use exec::{Ctx, JobControl, StopReason};
+use fsqueue::{Claimer, Queue, Reaper, RunnerLock, State};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+type Active = Arc<Mutex<HashMap<String, (fsqueue::Located, JobControl)>>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("queue: {0}")]
+    Queue(#[from] fsqueue::QueueError),
+    #[error("runner id: {0}")]
+    Lock(#[from] fsqueue::lease::LockError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Runs the runner until `shutdown` resolves (or, with `--drain`, until the
+/// queue is empty and idle). Returns after every job it held is finished or
+/// released back to `pending/`.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunnerError> {
+    let queue = Queue::open(&cfg.queue_root)?;
+    fsqueue::durable::create_dir_all(&cfg.artifacts_root)
+        .map_err(|e| RunnerError::Other(e.to_string()))?;
+    fsqueue::durable::create_dir_all(&cfg.workspaces_root)
+        .map_err(|e| RunnerError::Other(e.to_string()))?;
+    let lock = RunnerLock::acquire(&queue, &cfg.runner_id)?;
+    let registry = workers::Registry::simulated(Some(cfg.sim_step_ms));
+    let ctx = Arc::new(Ctx {
+        store: artifacts::ArtifactStore::new(&cfg.artifacts_root),
+        queue: queue.clone(),
+        registry,
+        cfg,
+    });
+    let cfg = &ctx.cfg;
+
+    // Start-up recovery: quarantine torn files, clear stale temps, and take
+    // back claims a previous process with our id left behind.
+    let agents: Vec<String> = ctx.known_agents().iter().map(|s| s.to_string()).collect();
+    let validator = move |bytes: &[u8]| -> Result<(), String> {
+        let v: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+        let names: Vec<&str> = agents.iter().map(String::as_str).collect();
+        contracts::validate::validate_job(&v, &names)
+            .map(|_| ())
+            .map_err(|v| v.to_string())
+    };
+    let report = fsqueue::recover::recover(&queue, &validator)?;
+    for (path, reason) in &report.quarantined {
+        metrics::counter!("orch_corrupt_files_total").increment(1);
+        tracing::warn!(file = %path.display(), reason, "quarantined at start-up");
+    }
+    requeue_own_leftovers(&queue, &cfg.runner_id);
+
+    let claimer = Claimer::new(queue.clone(), &cfg.runner_id)?;
+    let reaper = Reaper::new(queue.clone(), cfg.lease, cfg.max_reclaims);
+    let active: Active = Arc::new(Mutex::new(HashMap::new()));
+    let slots = Arc::new(Semaphore::new(cfg.concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    // Fired when a job task ends, so a draining runner notices at once.
+    let job_ended = Arc::new(tokio::sync::Notify::new());
+
+    let hb_stop = tokio_util::sync::CancellationToken::new();
+    let heartbeat = tokio::spawn(heartbeat_loop(
+        ctx.clone(),
+        active.clone(),
+        reaper.clone(),
+        Arc::new(lock),
+        hb_stop.clone(),
+    ));
+
+    tracing::info!(
+        runner_id = %cfg.runner_id,
+        concurrency = cfg.concurrency,
+        lease_sec = cfg.lease.as_secs(),
+        drain = cfg.drain,
+        "runner started"
+    );
+    tokio::pin!(shutdown);
+    let mut stopping = false;
+    loop {
+        // Reap finished tasks so the JoinSet does not grow.
+        while tasks.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.map_err(|e| RunnerError::Other(e.to_string()))?,
+            _ = &mut shutdown => { stopping = true; break; }
+        };
+        let claim = match claimer.try_claim() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "claim failed; retrying in 1s");
+                drop(permit);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = &mut shutdown => { stopping = true; break; }
+                }
+            }
+        };
+        match claim {
+            Some(claim) => {
+                let job_id = claim.loc.entry.job_id.clone();
+                let control = JobControl::new();
+                lock_active(&active).insert(job_id.clone(), (claim.loc.clone(), control.clone()));
+                metrics::counter!("orch_jobs_claimed_total").increment(1);
+                record_claim_latency(&claim);
+                let ctx2 = ctx.clone();
+                let active2 = active.clone();
+                let ended = job_ended.clone();
+                let span =
+                    tracing::info_span!("job", job_id = %job_id, attempt = claim.loc.entry.attempt);
+                tasks.spawn(
+                    async move {
+                        let end = exec::run(ctx2, claim, control).await;
+                        lock_active(&active2).remove(&job_id);
+                        drop(permit);
+                        ended.notify_one();
+                        end
+                    }
+                    .instrument(span),
+                );
+            }
+            None => {
+                drop(permit);
+                if cfg.drain && lock_active(&active).is_empty() && queue_idle(&queue) {
+                    tracing::info!("queue drained; exiting");
+                    break;
+                }
+                tokio::select! {
+                    _ = claimer.wait() => {}
+                    _ = job_ended.notified() => {}
+                    // Drain mode and reaped jobs: look again now and then.
+                    _ = tokio::time::sleep(reap_interval(cfg.lease)) => {}
+                    _ = &mut shutdown => { stopping = true; break; }
+                }
+            }
+        }
+    }
+
+    if stopping {
+        tracing::info!(
+            in_flight = lock_active(&active).len(),
+            grace_sec = cfg.shutdown_grace.as_secs(),
+            "shutdown requested; no new claims, waiting for running steps"
+        );
+        let deadline = tokio::time::sleep(cfg.shutdown_grace);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                r = tasks.join_next() => if r.is_none() { break },
+                _ = &mut deadline => {
+                    for (_, (_, c)) in lock_active(&active).iter() {
+                        c.stop(StopReason::Shutdown);
+                    }
+                    while tasks.join_next().await.is_some() {}
+                    break;
+                }
+            }
+        }
+    } else {
+        while tasks.join_next().await.is_some() {}
+    }
+    hb_stop.cancel();
+    let _ = heartbeat.await;
+    tracing::info!("runner stopped");
+    Ok(())
+}
+
+fn lock_active(
+    a: &Active,
+) -> std::sync::MutexGuard<'_, HashMap<String, (fsqueue::Located, JobControl)>> {
+    a.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn queue_idle(queue: &Queue) -> bool {
+    queue.depth(State::Pending).unwrap_or(1) == 0 && queue.depth(State::Running).unwrap_or(1) == 0
+}
+
+fn reap_interval(lease: Duration) -> Duration {
+    (lease / 3).clamp(Duration::from_millis(200), Duration::from_secs(10))
+}
+
+fn record_claim_latency(claim: &fsqueue::Claim) {
+    // The enqueue time is the sequence in the name (nanoseconds).
+    let enq = std::time::UNIX_EPOCH + Duration::from_nanos(claim.loc.entry.seq);
+    if claim.loc.entry.attempt == 1
+        && let Ok(d) = claim.claimed_at.duration_since(enq)
+    {
+        metrics::histogram!("orch_claim_latency_seconds").record(d.as_secs_f64());
+    }
+}
+
+/// Claims in `running/` under our own id belong to a previous process with
+/// the same id (we hold the id's lock now, so no live process does): send
+/// them back to `pending/` at once instead of waiting for their leases.
+fn requeue_own_leftovers(queue: &Queue, runner_id: &str) {
+    let Ok(list) = queue.list(State::Running) else {
+        return;
+    };
+    for loc in list {
+        if loc.entry.runner.as_deref() == Some(runner_id) {
+            let mut e = loc.entry.unowned();
+            e.reaps = e.reaps.saturating_add(1);
+            match queue.move_to(&loc, State::Pending, &e) {
+                Ok(_) => {
+                    tracing::warn!(job_id = %loc.entry.job_id, "requeued a claim left by a previous process with this runner id")
+                }
+                Err(err) => {
+                    tracing::warn!(job_id = %loc.entry.job_id, error = %err, "could not requeue leftover claim")
+                }
+            }
+        }
+    }
+}
+
+/// Renews leases every third of the lease, checks cancel requests every
+/// 250 ms, reaps abandoned claims, and publishes the runner's heartbeat.
+async fn heartbeat_loop(
+    ctx: Arc<Ctx>,
+    active: Active,
+    reaper: Reaper,
+    lock: Arc<RunnerLock>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let cfg = &ctx.cfg;
+    let renew_every = (cfg.lease / 3).max(Duration::from_millis(100));
+    let reap_every = reap_interval(cfg.lease);
+    let mut last_renew = Instant::now();
+    let mut last_reap = Instant::now() - reap_every;
+    let started = contracts::now_rfc3339();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => break,
+        }
+        let snapshot: Vec<(String, fsqueue::Located, JobControl)> = lock_active(&active)
+            .iter()
+            .map(|(k, (l, c))| (k.clone(), l.clone(), c.clone()))
+            .collect();
+        for (job_id, _, c) in &snapshot {
+            if ctx.queue.has_request(job_id, "cancel", true) {
+                tracing::info!(job_id, "cancel requested");
+                c.stop(StopReason::Cancelled);
+            }
+        }
+        if last_renew.elapsed() >= renew_every {
+            last_renew = Instant::now();
+            for (job_id, loc, c) in &snapshot {
+                if let Err(e) = fsqueue::lease::renew(loc) {
+                    tracing::warn!(job_id, error = %e, "lease lost; stopping the job");
+                    c.stop(StopReason::LeaseLost);
+                }
+            }
+            let doc = serde_json::json!({
+                "runner_id": cfg.runner_id,
+                "pid": std::process::id(),
+                "started_at": started,
+                "heartbeat_at": contracts::now_rfc3339(),
+                "lease_sec": cfg.lease.as_secs(),
+                "concurrency": cfg.concurrency,
+                "active_jobs": snapshot.iter().map(|(k, _, _)| k.clone()).collect::<Vec<_>>(),
+            });
+            if let Err(e) = lock.write_heartbeat(doc.to_string().as_bytes()) {
+                tracing::warn!(error = %e, "could not write heartbeat");
+            }
+            crate::config::write_metrics_file(cfg);
+        }
+        if last_reap.elapsed() >= reap_every {
+            last_reap = Instant::now();
+            let r = reaper.clone();
+            let out = tokio::task::spawn_blocking(move || r.reap()).await;
+            if let Ok(Ok(outcomes)) = out {
+                for o in outcomes {
+                    metrics::counter!("orch_leases_reaped_total").increment(1);
+                    if let fsqueue::ReapOutcome::Failed { reason, .. } = &o {
+                        record_poison(&ctx, o.job_id(), reason);
+                    }
+                }
+            }
+        }
+    }
+    lock.clear_heartbeat();
+}
+
+/// A job reaped too often ends in `failed/`; record why in its artifacts so
+/// `orch status` and the API show an explicit error.
+pub fn record_poison(ctx: &Ctx, job_id: &str, reason: &str) {
+    let Ok(id) = contracts::JobId::parse(job_id) else {
+        return;
+    };
+    let arts = ctx.store.job(&id);
+    if let Err(e) = arts.record_terminal(None, contracts::Status::Failed, "poison_job", reason) {
+        tracing::warn!(job_id, error = %e, "could not record poison-job failure in artifacts");
+    }
+}

@@ -1,0 +1,25 @@
+# orch developer recipes. `just --list` shows them.
+
+# Run the whole stack (gateway, runner, scheduler) on embedded defaults.
+dev:
+    cargo build --release --workspace
+    target/release/orch dev
+
+# The test suite (what CI runs after lint).
+test:
+    cargo test --workspace
+
+# Exactly the lint CI runs.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+
+# Regenerate docs/CONFIGURATION.md from the environment-variable registry.
+docs:
+    UPDATE_DOCS=1 cargo test -p contracts configuration_doc_is_current
+
+# Benchmarks (figures go to docs/BENCHMARKS.md).
+bench:
+    cargo build --release --workspace
+    python3 bench/queue_bench.py
