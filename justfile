@@ -22,4 +22,5 @@ docs:
 # Benchmarks (figures go to docs/BENCHMARKS.md).
 bench:
     cargo build --release --workspace
-    python3 bench/queue_bench.py
+    cargo bench -p fsqueue --bench queue
+    python3 bench/e2e_bench.py

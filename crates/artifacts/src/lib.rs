@@ -30,6 +30,7 @@ mod error;
 pub mod layout;
 mod nofollow;
 mod results;
+pub mod secrets;
 mod store;
 mod terminal;
 

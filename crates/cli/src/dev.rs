@@ -26,6 +26,9 @@ pub fn dev(bind: &str) -> Result<u8, CliError> {
                     .hint("build every binary first: cargo build --release (or use `just dev`)"),
             );
         }
+        // orch's own sibling binaries, not agents: the executor's allowlist
+        // and sandbox are for untrusted tools.
+        #[allow(clippy::disallowed_methods)]
         let mut cmd = Command::new(&bin);
         cmd.env("ORCH_DEV", "1").env("WEBHOOK_TOKEN", &token);
         if name == "orch-gateway" {

@@ -127,39 +127,38 @@ fn is_flag(var: &EnvVar) -> bool {
     )
 }
 
-/// Installs the process's `tracing` subscriber: `LOG_LEVEL` (raised by
-/// `-v`), overridden by `RUST_LOG`; JSON lines when `LOG_JSON=1`. Logs go to
-/// stderr. Invalid values fall back to `info` with a warning, since logging
-/// must come up before anything can be reported.
-pub fn init_logging(src: &EnvSource, verbose: u8) {
-    use tracing_subscriber::EnvFilter;
-    let level = match verbose {
-        0 => src
-            .get_enum(
-                &env::LOG_LEVEL,
-                &["error", "warn", "info", "debug", "trace"],
-            )
-            .unwrap_or("info"),
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(f) if !f.trim().is_empty() => {
-            EnvFilter::try_new(f).unwrap_or_else(|_| EnvFilter::new(level))
-        }
-        _ => EnvFilter::new(level),
-    };
-    let json = src.get_bool(&env::LOG_JSON).unwrap_or(false);
+/// Installs the process's `tracing` subscriber on stderr: `LOG_LEVEL`,
+/// raised one step per `-v`, overridden by `RUST_LOG` (full filter syntax);
+/// JSON lines when `LOG_JSON=1`. Invalid values are errors naming the
+/// variable, like every other setting.
+pub fn init_logging(src: &EnvSource, verbose: u8) -> Result<(), ConfigError> {
     use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+    let level = src.get_enum(&env::LOG_LEVEL, &LEVELS)?;
+    let at = LEVELS.iter().position(|l| *l == level).unwrap_or(2);
+    let level = LEVELS[(at + verbose as usize).min(LEVELS.len() - 1)];
+    let json = src.get_bool(&env::LOG_JSON)?;
+    let filter = match src.raw("RUST_LOG").filter(|v| !v.trim().is_empty()) {
+        Some(f) => EnvFilter::try_new(f).map_err(|_| ConfigError::Invalid {
+            var: "RUST_LOG",
+            value: format!("{:?}", f.chars().take(40).collect::<String>()),
+            expected: "a tracing filter such as info,runner=debug".into(),
+        })?,
+        None => EnvFilter::new(level),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    // A second call (tests running several services in one process) keeps
+    // the first subscriber.
     let _ = if json {
         builder.json().flatten_event(true).try_init()
     } else {
         builder.try_init()
     };
+    Ok(())
 }
 
 #[cfg(test)]

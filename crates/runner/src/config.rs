@@ -57,6 +57,13 @@ pub struct Config {
     pub input_limits: InputLimits,
     pub prompts_dir: Option<PathBuf>,
     pub project_aliases: Vec<(String, PathBuf)>,
+    /// `SECRETS_POLICY=fail`: a step whose artifacts held a secret fails.
+    pub secrets_fail: bool,
+    /// Values of `SENSITIVE_ENV_VARS` (name, value), redacted from artifacts.
+    pub sensitive_env: Vec<(String, String)>,
+    /// The resolved environment, for the parts (agents, sandbox) configured
+    /// by the workers crate.
+    pub env: ev::EnvSource,
 }
 
 impl Config {
@@ -130,6 +137,13 @@ impl Config {
             },
             prompts_dir: contracts::config::path_opt(env, &ev::PROMPTS_DIR)?,
             project_aliases: paths.project_aliases,
+            secrets_fail: env.get_enum(&ev::SECRETS_POLICY, &["fail", "redact"])? == "fail",
+            sensitive_env: env
+                .get_list(&ev::SENSITIVE_ENV_VARS)?
+                .into_iter()
+                .filter_map(|name| env.raw(&name).map(|v| (name.clone(), v.to_owned())))
+                .collect(),
+            env: env.clone(),
         })
     }
 }

@@ -235,6 +235,14 @@ impl JobRun {
         .await??;
         fsqueue::durable::create_dir_all(&state_dir)?;
 
+        // Preflight: every agent the job names can run here (binaries
+        // allowed, present, new enough; sandbox usable). Fails fast, never
+        // retried: nothing would change on a retry.
+        if let Err(e) = self.ctx.registry.preflight(&self.job).await {
+            tracing::error!(job_id, error = %e.message, "preflight failed");
+            return self.finish(Status::Failed, Some(e), &[]).await;
+        }
+
         let mut context = match self.arts.read_context().ok().flatten() {
             Some(c) => c,
             None => ContextDoc {
@@ -429,6 +437,7 @@ impl JobRun {
                 workdir: self.work_dir.clone(),
                 state_dir: state_dir.to_path_buf(),
                 goal: self.job.goal.clone(),
+                policy: self.job.policy.clone(),
             };
             let a0 = Instant::now();
             outcome = match &worker {
@@ -441,7 +450,11 @@ impl JobRun {
                 ),
                 Some(w) => {
                     let child = self.control.cancel.child_token();
-                    let limit = Duration::from_secs(u64::from(step.timeout_sec));
+                    // Real agents enforce timeout_sec themselves (TERM, then
+                    // KILL of the process group) and report `timeout`; the
+                    // outer limit is the backstop.
+                    let margin = if self.ctx.registry.is_real() { 10 } else { 0 };
+                    let limit = Duration::from_secs(u64::from(step.timeout_sec) + margin);
                     match tokio::time::timeout(limit, w.run(&req, child.clone())).await {
                         Ok(o) => o,
                         Err(_) => {
@@ -503,12 +516,43 @@ impl JobRun {
             "changed"
         };
         let finished_at = now_rfc3339();
-        let mut metrics_map = outcome.metrics.clone();
+        let mut out = scrub(outcome, patch, &self.ctx.cfg.sensitive_env);
+        let mut status = status;
+        let secrets_check = if out.found.is_empty() {
+            "passed"
+        } else {
+            "failed"
+        };
+        if !out.found.is_empty() {
+            let rules: std::collections::BTreeSet<&str> =
+                out.found.iter().map(|f| f.rule_id.as_str()).collect();
+            let rules = rules.into_iter().collect::<Vec<_>>().join(", ");
+            let list = serde_json::to_value(&out.found).unwrap_or(Value::Null);
+            tracing::warn!(job_id, step_id = %sid, %rules, "secrets in step output were redacted");
+            if self.ctx.cfg.secrets_fail {
+                let mut e = out.error.take().unwrap_or_else(|| {
+                    ErrorInfo::new(
+                        "secrets_detected",
+                        format!(
+                            "the step's output contained secrets ({rules}); they were redacted, and SECRETS_POLICY=fail fails the step"
+                        ),
+                    )
+                });
+                e.details.insert("secrets".into(), list);
+                out.error = Some(e);
+                if status == Status::Success {
+                    status = Status::Failed;
+                }
+            } else {
+                out.metrics.insert("secrets".into(), list);
+            }
+        }
+        let mut metrics_map = std::mem::take(&mut out.metrics);
         metrics_map.insert("duration_ms".into(), json!(t0.elapsed().as_millis() as u64));
         metrics_map.entry("cost_usd").or_insert(json!(0.0));
         metrics_map.entry("tokens_in").or_insert(json!(0));
         metrics_map.entry("tokens_out").or_insert(json!(0));
-        let mut summary = outcome.summary.clone();
+        let mut summary = std::mem::take(&mut out.summary);
         if status != Status::Success && matches!(step.on_failure, OnFailure::Continue) {
             summary = format!(
                 "{summary} (failed; the job continued past this step because on_failure is continue)"
@@ -527,22 +571,22 @@ impl JobRun {
             finished_at: finished_at.clone(),
             summary: summary.clone(),
             change_status: Some(change_status.into()),
-            secrets_check: None,
+            secrets_check: Some(secrets_check.into()),
             artifacts: artifacts::step_result_paths(&step.step_id),
             metrics: metrics_map,
-            error: outcome.error.clone(),
+            error: out.error.take(),
             steps: None,
         };
         self.check_lease()?;
         self.arts.publish_step(
             &step.step_id,
             &StepOutput {
-                report_md: outcome.report_md.clone(),
-                patch_diff: patch,
-                logs_txt: outcome.logs.clone(),
+                report_md: out.report_md,
+                patch_diff: out.patch,
+                logs_txt: out.logs,
                 result: result.clone(),
-                raw_stdout: outcome.raw_stdout.clone(),
-                raw_stderr: outcome.raw_stderr.clone(),
+                raw_stdout: out.raw_stdout,
+                raw_stderr: out.raw_stderr,
             },
         )?;
         {
@@ -812,6 +856,52 @@ impl JobRun {
             }
         }
     }
+}
+
+/// A step's outputs after secrets scanning and redaction.
+struct Scrubbed {
+    report_md: String,
+    patch: String,
+    logs: String,
+    summary: String,
+    raw_stdout: Option<Vec<u8>>,
+    raw_stderr: Option<Vec<u8>>,
+    error: Option<ErrorInfo>,
+    metrics: Map<String, Value>,
+    found: Vec<artifacts::secrets::Located>,
+}
+
+/// Scans everything a step will publish and redacts secrets (and values of
+/// `SENSITIVE_ENV_VARS`) in place, before anything is written: no raw secret
+/// ever lands in the artifacts tree.
+fn scrub(outcome: StepOutcome, patch: String, sensitive: &[(String, String)]) -> Scrubbed {
+    use artifacts::secrets::{redact_artifact, redact_artifact_bytes};
+    let mut s = Scrubbed {
+        report_md: outcome.report_md,
+        patch,
+        logs: outcome.logs,
+        summary: outcome.summary,
+        raw_stdout: outcome.raw_stdout,
+        raw_stderr: outcome.raw_stderr,
+        error: outcome.error,
+        metrics: outcome.metrics,
+        found: Vec::new(),
+    };
+    let f = &mut s.found;
+    redact_artifact("report.md", &mut s.report_md, sensitive, f);
+    redact_artifact("patch.diff", &mut s.patch, sensitive, f);
+    redact_artifact("logs.txt", &mut s.logs, sensitive, f);
+    redact_artifact("summary", &mut s.summary, sensitive, f);
+    if let Some(b) = s.raw_stdout.as_mut() {
+        redact_artifact_bytes("raw_stdout.txt", b, sensitive, f);
+    }
+    if let Some(b) = s.raw_stderr.as_mut() {
+        redact_artifact_bytes("raw_stderr.txt", b, sensitive, f);
+    }
+    if let Some(e) = s.error.as_mut() {
+        redact_artifact("error", &mut e.message, sensitive, f);
+    }
+    s
 }
 
 fn step_failure(step: &Step, r: &ResultDoc) -> ErrorInfo {

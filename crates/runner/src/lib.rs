@@ -43,7 +43,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     fsqueue::durable::create_dir_all(&cfg.workspaces_root)
         .map_err(|e| RunnerError::Other(e.to_string()))?;
     let lock = RunnerLock::acquire(&queue, &cfg.runner_id)?;
-    let registry = workers::Registry::simulated(Some(cfg.sim_step_ms));
+    let registry = workers::Registry::from_env(&cfg.env, Some(cfg.sim_step_ms))
+        .map_err(|e| RunnerError::Other(format!("agents: {e}")))?;
+    if registry.is_real() {
+        tracing::info!("real agent CLIs enabled (ENABLE_REAL_CLI=1)");
+    }
     let ctx = Arc::new(Ctx {
         store: artifacts::ArtifactStore::new(&cfg.artifacts_root),
         queue: queue.clone(),
@@ -242,8 +246,13 @@ async fn heartbeat_loop(
     let cfg = &ctx.cfg;
     let renew_every = (cfg.lease / 3).max(Duration::from_millis(100));
     let reap_every = reap_interval(cfg.lease);
-    let mut last_renew = Instant::now();
-    let mut last_reap = Instant::now() - reap_every;
+    // Publish the heartbeat at once, so /health sees a new runner immediately.
+    let mut last_renew = Instant::now()
+        .checked_sub(renew_every)
+        .unwrap_or_else(Instant::now);
+    let mut last_reap = Instant::now()
+        .checked_sub(reap_every)
+        .unwrap_or_else(Instant::now);
     let started = contracts::now_rfc3339();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -11,7 +11,9 @@ fn main() -> ExitCode {
         Ok(e) => e,
         Err(e) => return fail(&e.to_string(), 2),
     };
-    contracts::config::init_logging(&env, args.verbose);
+    if let Err(e) = contracts::config::init_logging(&env, args.verbose) {
+        return fail(&e.to_string(), 2);
+    }
     let cfg = match Config::resolve(&args, &env) {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string(), 2),

@@ -1,7 +1,8 @@
 //! Agent adapters and what they need around them: the `Worker` interface
 //! and its `Registry`, the simulated agents (the default, SPEC §6), workspace
-//! preparation (`workspace`), per-step diffs (`diff`) and the helper-program
-//! runner (`exec`).
+//! preparation (`workspace`), per-step diffs (`diff`), the one executor of
+//! child processes (`exec`), the agent sandbox (`sandbox`), and the real
+//! CLI adapters (`real`, `agents`, `output`; SPEC §6, §7).
 //!
 //! # Simulation markers
 //!
@@ -26,13 +27,18 @@
 //! metrics `duration_ms`, `cost_usd: 0`, `tokens_in: 0`, `tokens_out: 0`,
 //! `simulated: true`.
 
+pub mod agents;
 pub mod diff;
 pub mod exec;
+pub mod output;
+pub mod real;
+pub mod sandbox;
 pub mod sim;
 mod worker;
 pub mod workspace;
 
 pub use diff::{Snapshot, SnapshotLimits, change_status, diff};
+pub use real::{RealAgent, RealConfig, RealConfigError};
 pub use sim::{SimBehaviour, SimDirectives, SimulatedAgent};
 pub use worker::{Registry, StepOutcome, StepRequest, Worker, WorkerFuture};
 pub use workspace::{PrepareMethod, PrepareOutcome, SkipReason, Skipped, WorkspaceError, prepare};

@@ -9,7 +9,9 @@
 //! outcome with an honest `status` and an `ErrorInfo`, because the runner
 //! has to publish a `result.json` for it either way.
 
-use contracts::{ErrorInfo, JobId, Status, Step};
+use crate::real::{RealAgent, RealConfig, RealConfigError};
+use contracts::env::{self as ev, EnvSource};
+use contracts::{ErrorInfo, Job, JobId, Policy, Status, Step};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -36,6 +38,9 @@ pub struct StepRequest {
     pub state_dir: PathBuf,
     /// The job's goal, for adapters that report on it.
     pub goal: String,
+    /// The job's policy: sandbox, network, allowed binaries (real agents
+    /// enforce it; simulated ones ignore it).
+    pub policy: Policy,
 }
 
 /// What an attempt produced. `status` is one of `success`, `failed` (fatal),
@@ -106,10 +111,12 @@ pub trait Worker: Send + Sync {
     fn run<'a>(&'a self, req: &'a StepRequest, cancel: CancellationToken) -> WorkerFuture<'a>;
 }
 
-/// Agent name → worker.
+/// Agent name → worker, plus the real-mode configuration when the workers
+/// are real CLIs (for per-job preflight).
 #[derive(Clone, Default)]
 pub struct Registry {
     workers: BTreeMap<String, Arc<dyn Worker>>,
+    real: Option<Arc<RealConfig>>,
 }
 
 impl Registry {
@@ -127,6 +134,76 @@ impl Registry {
             r.insert(Arc::new(agent));
         }
         r
+    }
+
+    /// What a binary builds at start-up: real CLIs when `ENABLE_REAL_CLI=1`
+    /// (refusing to start when `SANDBOX=1` and no sandbox works, or the
+    /// agents config is invalid), otherwise the simulated agents plus a
+    /// simulated stand-in for every custom agent of `AGENTS_CONFIG` (so
+    /// jobs naming them run in simulation too).
+    pub fn from_env(src: &EnvSource, step_ms: Option<u64>) -> Result<Self, RealConfigError> {
+        if src.get_bool(&ev::ENABLE_REAL_CLI)? {
+            return Ok(Self::real(Arc::new(RealConfig::from_env(src)?)));
+        }
+        let mut r = Self::simulated(step_ms);
+        let path = contracts::config::path_opt(src, &ev::AGENTS_CONFIG)?;
+        for spec in crate::agents::load(path.as_deref())? {
+            if !r.contains(&spec.name) {
+                let ms = step_ms.unwrap_or(crate::sim::DEFAULT_STEP_MS[0].1);
+                r.insert(Arc::new(crate::sim::SimulatedAgent::new(
+                    spec.name,
+                    crate::sim::SimBehaviour::Plan,
+                    ms,
+                )));
+            }
+        }
+        Ok(r)
+    }
+
+    /// Real CLI workers for every agent of `cfg` (built-in and custom).
+    pub fn real(cfg: Arc<RealConfig>) -> Self {
+        let mut r = Self::new();
+        for spec in &cfg.agents {
+            r.insert(Arc::new(RealAgent::new(spec.clone(), cfg.clone())));
+        }
+        r.real = Some(cfg);
+        r
+    }
+
+    /// True when the workers are real CLIs.
+    pub fn is_real(&self) -> bool {
+        self.real.is_some()
+    }
+
+    /// The real-mode configuration, if any.
+    pub fn real_config(&self) -> Option<&Arc<RealConfig>> {
+        self.real.as_ref()
+    }
+
+    /// Checks, before a job's first step, that every agent it names can
+    /// run (see `RealConfig::preflight`); the error has code `preflight`
+    /// and lists every problem. Simulated registries only check that the
+    /// agents exist.
+    pub async fn preflight(&self, job: &Job) -> Result<(), ErrorInfo> {
+        if let Some(cfg) = &self.real {
+            return cfg.preflight(job).await;
+        }
+        let missing: Vec<String> = job
+            .steps
+            .iter()
+            .filter(|s| !self.contains(&s.agent))
+            .map(|s| format!("step {}: unknown agent {:?}", s.step_id, s.agent))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut e = ErrorInfo::new(
+            "preflight",
+            format!("preflight failed: {}", missing.join("; ")),
+        );
+        e.details
+            .insert("problems".into(), serde_json::json!(missing));
+        Err(e)
     }
 
     /// Adds (or replaces) the worker for `worker.name()`, returning the one
@@ -153,6 +230,7 @@ impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Registry")
             .field("agents", &self.names())
+            .field("real", &self.is_real())
             .finish()
     }
 }

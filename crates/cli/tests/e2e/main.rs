@@ -1,5 +1,8 @@
 //! End-to-end tests: the real `orch`, `orch-runner` binaries over a real
 //! queue directory, with real child processes killed by real signals.
+// Tests start the real orch binaries (and test peers) as processes;
+// the executor ban is for production code.
+#![allow(clippy::disallowed_methods)]
 
 mod support;
 mod tidy;

@@ -4,6 +4,7 @@
 //! real `git apply`.
 
 mod diff;
+mod real;
 mod sim;
 mod support;
 mod workspace;

@@ -2,8 +2,8 @@
 //! tests that need it (skipped, with a note, when git is not installed).
 
 use contracts::{JobId, Step};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use workers::StepRequest;
 
 pub fn step(id: &str, agent: &str, role: &str, prompt: &str) -> Step {
@@ -22,6 +22,7 @@ pub fn request(step: Step, goal: &str, workdir: &Path) -> StepRequest {
         workdir: workdir.to_path_buf(),
         state_dir: workdir.join("../state"),
         goal: goal.to_owned(),
+        policy: contracts::Policy::default(),
     }
 }
 
@@ -34,10 +35,7 @@ pub fn put(root: &Path, rel: &str, content: &str) -> PathBuf {
 }
 
 pub fn has_git() -> bool {
-    let ok = Command::new("git")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let ok = workers::exec::run_git(&[OsStr::new("--version")], None).is_ok();
     if !ok {
         eprintln!("git not installed: skipping the git part of this test");
     }
@@ -46,25 +44,22 @@ pub fn has_git() -> bool {
 
 /// Runs git in `dir` with a fixed identity; panics on failure.
 pub fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=orch",
-            "-c",
-            "user.email=orch@test.invalid",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?} in {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    // Through the executor, like every process orch starts (the fixed
+    // identity keeps commits reproducible).
+    let mut all: Vec<&OsStr> = [
+        "-c",
+        "user.name=orch",
+        "-c",
+        "user.email=orch@test.invalid",
+        "-c",
+        "init.defaultBranch=main",
+    ]
+    .iter()
+    .map(OsStr::new)
+    .collect();
+    all.extend(args.iter().map(OsStr::new));
+    match workers::exec::run_git(&all, Some(dir)) {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Err(e) => panic!("git {args:?} in {}: {e}", dir.display()),
+    }
 }

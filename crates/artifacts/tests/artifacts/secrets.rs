@@ -1,0 +1,385 @@
+//! The secrets scanner against synthetic tokens of every rule family and
+//! against the project's own tree. Tokens are generated at test time from
+//! split prefixes and a seeded generator, so no real-looking secret is ever
+//! committed (and this file itself scans clean).
+
+use artifacts::secrets::{self, Finding};
+use std::path::{Path, PathBuf};
+
+/// A tiny deterministic generator (xorshift), so failures reproduce.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// `n` characters drawn from `alphabet`.
+    fn chars(&mut self, alphabet: &str, n: usize) -> String {
+        let a: Vec<char> = alphabet.chars().collect();
+        (0..n)
+            .map(|_| a[(self.next() % a.len() as u64) as usize])
+            .collect()
+    }
+}
+
+const UPPER: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+const LOWER: &str = "abcdefghijklmnopqrstuvwxyz";
+const DIGITS: &str = "0123456789";
+
+fn alnum() -> String {
+    [UPPER, LOWER, DIGITS].concat()
+}
+
+/// (expected rule id, text containing the token, the token).
+fn synthetic(seed: u64) -> Vec<(&'static str, String, String)> {
+    let mut g = Gen(seed);
+    let an = alnum();
+    let b64 = [an.as_str(), "+/"].concat();
+    let url = [an.as_str(), "_-"].concat();
+    let letters = [UPPER, LOWER].concat();
+    let mut out: Vec<(&'static str, String, String)> = Vec::new();
+    let mut push = |rule: &'static str, prefix: &str, token: String, suffix: &str| {
+        out.push((rule, format!("{prefix}{token}{suffix}"), token));
+    };
+    let aws_alpha = [UPPER, "234567"].concat();
+    push(
+        "aws-access-token",
+        "id: ",
+        ["AK", "IA"].concat() + &g.chars(&aws_alpha, 16),
+        "\n",
+    );
+    push(
+        "aws-secret-access-key",
+        "aws_secret_access_key = ",
+        g.chars(&b64, 40),
+        "\n",
+    );
+    push(
+        "gcp-api-key",
+        "key=",
+        ["AI", "za"].concat() + &g.chars(&url, 35),
+        " ",
+    );
+    for kind in ["p", "o", "s", "r", "u"] {
+        let prefix = format!("g{}{kind}_", "h");
+        push("github-token", "GH=", prefix + &g.chars(&an, 36), "\n");
+    }
+    push(
+        "github-fine-grained-pat",
+        "",
+        ["github_", "pat_"].concat() + &g.chars(&[an.as_str(), "_"].concat(), 82),
+        "",
+    );
+    push(
+        "gitlab-token",
+        "",
+        ["glp", "at-"].concat() + &g.chars(&url, 20),
+        "\n",
+    );
+    push(
+        "gitlab-token",
+        "",
+        ["glp", "tt-"].concat() + &g.chars("0123456789abcdef", 40),
+        "\n",
+    );
+    push(
+        "slack-token",
+        "",
+        format!(
+            "{}{}-{}-{}",
+            "xo",
+            "xb",
+            g.chars(DIGITS, 12),
+            g.chars(DIGITS, 12)
+        ) + "-"
+            + &g.chars(&an, 24),
+        " ",
+    );
+    push(
+        "slack-webhook-url",
+        "https://",
+        ["hooks.sl", "ack.com/services/"].concat() + &g.chars(&an, 44),
+        "\n",
+    );
+    push(
+        "stripe-access-token",
+        "",
+        ["sk_", "live_"].concat() + &g.chars(&an, 24),
+        "\n",
+    );
+    push(
+        "npm-access-token",
+        "//registry:_authToken=",
+        ["np", "m_"].concat() + &g.chars(&an, 36),
+        "\n",
+    );
+    push(
+        "pypi-upload-token",
+        "password = ",
+        ["pypi-", "AgEIcHlwaS5vcmc"].concat() + &g.chars(&url, 60),
+        "\n",
+    );
+    push(
+        "huggingface-token",
+        "",
+        ["h", "f_"].concat() + &g.chars(&letters, 34),
+        "\n",
+    );
+    push(
+        "anthropic-api-key",
+        "ANTHROPIC=",
+        ["sk-", "ant-", "api03-"].concat() + &g.chars(&url, 93) + "AA",
+        "\n",
+    );
+    push(
+        "openai-api-key",
+        "",
+        ["sk-", "proj-"].concat() + &g.chars(&url, 120),
+        "\n",
+    );
+    push(
+        "openai-api-key",
+        "",
+        format!(
+            "sk-{}{}{}",
+            g.chars(&an, 20),
+            ["T3Blbk", "FJ"].concat(),
+            g.chars(&an, 20)
+        ),
+        "\n",
+    );
+    let body: Vec<String> = (0..4).map(|_| g.chars(&b64, 64)).collect();
+    let pem = format!(
+        "{dash}BEGIN RSA {pk}{dash}\n{}\n{dash}END RSA {pk}{dash}",
+        body.join("\n"),
+        dash = "-----",
+        pk = ["PRIVATE", " KEY"].concat()
+    );
+    push("private-key", "key file:\n", pem, "\n");
+    let jwt = format!(
+        "{}{}.{}{}.{}",
+        "ey",
+        ["J", &g.chars(&an, 30)].concat(),
+        "ey",
+        ["J", &g.chars(&url, 60)].concat(),
+        g.chars(&url, 43)
+    );
+    push("jwt", "Authorization: Bearer ", jwt, "\n");
+    push(
+        "generic-secret",
+        "db_password = \"",
+        g.chars(&an, 24),
+        "\"\n",
+    );
+    push("generic-secret", "client_secret: ", g.chars(&an, 32), "\n");
+    out
+}
+
+#[test]
+fn every_rule_family_is_found_and_redacted() {
+    let families = synthetic(0x9E37_79B9_7F4A_7C15);
+    let ids: std::collections::BTreeSet<&str> = families.iter().map(|(r, _, _)| *r).collect();
+    for rule in secrets::rule_ids() {
+        assert!(ids.contains(rule), "no synthetic token for rule {rule}");
+    }
+    for seed in [1u64, 42, 0xDEAD_BEEF, 0x9E37_79B9_7F4A_7C15] {
+        for (rule, text, token) in synthetic(seed) {
+            let text = format!("some context before\n{text}\nand after\n");
+            let findings = secrets::scan(&text);
+            assert!(
+                findings.iter().any(|f| f.rule_id == rule),
+                "seed {seed}: rule {rule} missed; got {findings:?}"
+            );
+            let red = secrets::redact(&text, &findings);
+            assert!(
+                !red.contains(&token),
+                "seed {seed}: {rule} not redacted: {red}"
+            );
+            assert!(red.contains("[REDACTED:"), "{red}");
+            assert!(red.starts_with("some context before\n") && red.ends_with("and after\n"));
+            // Findings carry locations, never the value.
+            let dbg = format!("{findings:?}");
+            assert!(!dbg.contains(&token));
+            // Bytes API agrees.
+            let (red_b, f_b) = secrets::scan_and_redact_bytes(text.as_bytes());
+            assert_eq!(f_b, findings);
+            assert_eq!(red_b, red.as_bytes());
+        }
+    }
+}
+
+#[test]
+fn all_tokens_in_one_document_are_redacted() {
+    let families = synthetic(7);
+    let doc: String = families
+        .iter()
+        .map(|(_, t, _)| t.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (red, findings) = secrets::scan_and_redact(&doc);
+    assert!(findings.len() >= families.len(), "{findings:?}");
+    for (rule, _, token) in &families {
+        assert!(!red.contains(token.as_str()), "{rule} leaked");
+    }
+}
+
+#[test]
+fn ids_hashes_and_variable_names_are_not_secrets() {
+    let mut g = Gen(3);
+    let hex = "0123456789abcdef";
+    let uuid = format!(
+        "{}-{}-{}-{}-{}",
+        g.chars(hex, 8),
+        g.chars(hex, 4),
+        g.chars(hex, 4),
+        g.chars(hex, 4),
+        g.chars(hex, 12)
+    );
+    let sha1 = g.chars(hex, 40);
+    let sha256 = g.chars(hex, 64);
+    let sri = format!(
+        "sha512-{}==",
+        g.chars(&[alnum().as_str(), "+/"].concat(), 86)
+    );
+    let texts = [
+        "OPENAI_API_KEY".to_owned(),
+        "set OPENAI_API_KEY and ANTHROPIC_API_KEY in the environment".to_owned(),
+        "export OPENAI_API_KEY=\"$OPENAI_API_KEY\"".to_owned(),
+        format!("job_id: {uuid}\nrequest token = {uuid}\n"),
+        format!(
+            "commit {sha1}\nindex {}..{} 100644\n",
+            &sha1[..7],
+            &sha256[..7]
+        ),
+        format!("checksum = \"{sha256}\"\n"),
+        format!("\"integrity\": \"{sri}\",\n"),
+        format!("api_key_hash = \"{sha256}\"\n"),
+        "let token = read_token(&path)?;\n".to_owned(),
+        "password = \"${DB_PASSWORD}\"\n".to_owned(),
+    ];
+    for t in &texts {
+        let f = secrets::scan(t);
+        assert!(f.is_empty(), "false positive in {t:?}: {f:?}");
+    }
+}
+
+#[test]
+fn sensitive_env_values_are_redacted_only_when_long_enough() {
+    let vars = vec![
+        ("API_TOKEN".to_owned(), "tok-0123456789".to_owned()),
+        ("FLAG".to_owned(), "true".to_owned()),
+    ];
+    let (out, hit) = secrets::redact_env_values("x tok-0123456789 y true z", &vars);
+    assert_eq!(out, "x [REDACTED:env:API_TOKEN] y true z");
+    assert_eq!(hit, vec!["API_TOKEN".to_owned()]);
+}
+
+#[test]
+fn huge_input_scans_in_reasonable_time() {
+    let mut g = Gen(11);
+    let mut text = g.chars(&alnum(), 2_000_000);
+    text.push_str("\napi_key = \"");
+    text.push_str(&g.chars(&alnum(), 30));
+    text.push_str("\"\n");
+    let t0 = std::time::Instant::now();
+    let f: Vec<Finding> = secrets::scan(&text);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].line, 2);
+    assert!(t0.elapsed() < std::time::Duration::from_secs(20));
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The project's own source tree, docs, examples and lock file scan clean:
+/// a scanner that flags its own repository would be ignored by operators.
+#[test]
+fn the_repository_scans_clean() {
+    let root = repo_root();
+    let skip = [
+        "target",
+        ".git",
+        "var",
+        "artifacts",
+        "workspaces",
+        "node_modules",
+    ];
+    let mut problems = Vec::new();
+    let mut files = 0;
+    for entry in walkdir::WalkDir::new(&root)
+        .follow_links(false)
+        .into_iter()
+        .filter_entry(|e| {
+            e.depth() == 0 || !skip.contains(&e.file_name().to_string_lossy().as_ref())
+        })
+        .flatten()
+    {
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue; // binary files are not part of the check
+        };
+        files += 1;
+        for f in secrets::scan(&text) {
+            problems.push(format!(
+                "{}:{}:{} {}",
+                entry
+                    .path()
+                    .strip_prefix(&root)
+                    .unwrap_or(entry.path())
+                    .display(),
+                f.line,
+                f.column,
+                f.rule_id
+            ));
+        }
+    }
+    assert!(
+        files > 20,
+        "walked only {files} files under {}",
+        root.display()
+    );
+    assert!(
+        problems.is_empty(),
+        "findings in the repository:\n{}",
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn artifacts_are_redacted_in_place_with_locations_only() {
+    let families = synthetic(5);
+    let (_, text, token) = &families[3];
+    let mut report = format!("intro\n{text}");
+    let mut raw = format!("key value: a-sensitive-value\n{text}").into_bytes();
+    let env = vec![("MY_KEY".to_owned(), "a-sensitive-value".to_owned())];
+    let mut found = Vec::new();
+    secrets::redact_artifact("report.md", &mut report, &env, &mut found);
+    secrets::redact_artifact_bytes("raw_stdout.txt", &mut raw, &env, &mut found);
+    assert!(!report.contains(token.as_str()));
+    let raw = String::from_utf8(raw).unwrap();
+    assert!(
+        !raw.contains(token.as_str()) && !raw.contains("a-sensitive-value"),
+        "{raw}"
+    );
+    let ids: Vec<(&str, &str, usize)> = found
+        .iter()
+        .map(|l| (l.artifact.as_str(), l.rule_id.as_str(), l.line))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("report.md", "github-token", 2),
+            ("raw_stdout.txt", "env:MY_KEY", 0),
+            ("raw_stdout.txt", "github-token", 2)
+        ]
+    );
+    let json = serde_json::to_string(&found).unwrap();
+    assert!(!json.contains(token.as_str()));
+}

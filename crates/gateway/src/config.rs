@@ -1,0 +1,268 @@
+//! The gateway's configuration, resolved once at start-up into a plain
+//! [`Config`]: command-line flag, then environment (and `.env`, through
+//! `contracts::env`), then default. Every value is checked here, so an
+//! invalid one is a start-up error naming the variable or flag — the server
+//! itself never parses configuration.
+
+use crate::auth::{TokenSet, parse_tokens};
+use crate::github::GithubMapping;
+use crate::ratelimit::TrustedProxies;
+use contracts::ArtifactHandoff;
+use contracts::env::{self as ev, ConfigError, EnvSource};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The body limit of `POST /webhook/github` (GitHub's own maximum payload).
+pub const GITHUB_BODY_LIMIT: usize = 25 * 1024 * 1024;
+
+/// HTTP intake, job API, health and metrics of orch.
+///
+/// Every option can also be set through the environment variable named in
+/// its description (see docs/CONFIGURATION.md); flags win over the
+/// environment, which wins over a `.env` file in the working directory.
+#[derive(Debug, Clone, Default, clap::Parser)]
+#[command(name = "orch-gateway", version, about, long_about = None)]
+pub struct Args {
+    /// Address to listen on; port 0 picks a free port [env: GATEWAY_BIND, default 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR")]
+    pub bind: Option<String>,
+    /// Queue root [env: QUEUE_ROOT, default var/queue]
+    #[arg(long, value_name = "DIR")]
+    pub queue_root: Option<PathBuf>,
+    /// Artifacts root [env: ARTIFACTS_ROOT, default artifacts]
+    #[arg(long, value_name = "DIR")]
+    pub artifacts_root: Option<PathBuf>,
+    /// Directory of `*.prom` files served by /metrics [env: METRICS_DIR, default var/metrics]
+    #[arg(long, value_name = "DIR")]
+    pub metrics_dir: Option<PathBuf>,
+    /// JSON file mapping GitHub events to jobs (see docs/API.md); unset uses the defaults
+    #[arg(long, value_name = "FILE")]
+    pub github_config: Option<PathBuf>,
+    /// Time a client has to send a request's headers [default 10000]
+    #[arg(long, value_name = "MS")]
+    pub header_timeout_ms: Option<u64>,
+    /// Time a client has to send a request's body [default 30000]
+    #[arg(long, value_name = "MS")]
+    pub body_timeout_ms: Option<u64>,
+    /// Connections served at once; more wait in the kernel's accept queue [default 1024]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<u64>,
+    /// More log output: each -v raises LOG_LEVEL one step; RUST_LOG overrides
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Everything the gateway needs, resolved and checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind: SocketAddr,
+    pub queue_root: PathBuf,
+    pub artifacts_root: PathBuf,
+    pub metrics_dir: PathBuf,
+    pub state_db_path: PathBuf,
+    pub tokens: TokenSet,
+    pub rate_window: Duration,
+    pub rate_max: u64,
+    pub body_limit: usize,
+    pub github_body_limit: usize,
+    pub github_secret: Option<Vec<u8>>,
+    pub github: GithubMapping,
+    pub trusted_proxies: TrustedProxies,
+    pub dedup_window: Duration,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_connections: usize,
+    /// How long in-flight requests may finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    pub default_artifact_handoff: Option<ArtifactHandoff>,
+    pub project_ids: Vec<String>,
+    pub known_agents: Vec<String>,
+    pub prompts_dir: Option<PathBuf>,
+    pub max_daily_api_calls: u64,
+    pub max_daily_cost_usd: f64,
+    /// Started by `orch dev` (`ORCH_DEV=1`): the dev token is expected.
+    pub dev_mode: bool,
+}
+
+fn invalid(var: &'static str, value: &str, expected: &str) -> ConfigError {
+    ConfigError::Invalid {
+        var,
+        value: format!("{:?}", value.chars().take(60).collect::<String>()),
+        expected: expected.to_owned(),
+    }
+}
+
+fn path_of(
+    flag: &Option<PathBuf>,
+    env: &EnvSource,
+    var: &ev::EnvVar,
+) -> Result<PathBuf, ConfigError> {
+    match flag {
+        Some(p) => Ok(p.clone()),
+        None => Ok(PathBuf::from(env.get_str(var)?.unwrap_or_default())),
+    }
+}
+
+fn ms_flag(v: Option<u64>, flag: &'static str, default: u64) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(Duration::from_millis(default)),
+        Some(ms) if (50..=3_600_000).contains(&ms) => Ok(Duration::from_millis(ms)),
+        Some(ms) => Err(invalid(
+            flag,
+            &ms.to_string(),
+            "milliseconds from 50 to 3600000",
+        )),
+    }
+}
+
+impl Config {
+    /// Resolves flags, environment and defaults. Reads the GitHub mapping
+    /// and agents files when they are configured.
+    pub fn resolve(args: &Args, env: &EnvSource) -> Result<Self, ConfigError> {
+        let bind_text = match &args.bind {
+            Some(b) => b.clone(),
+            None => env.get_str(&ev::GATEWAY_BIND)?.unwrap_or_default(),
+        };
+        let bind: SocketAddr = bind_text.parse().map_err(|_| {
+            invalid(
+                if args.bind.is_some() {
+                    "--bind"
+                } else {
+                    ev::GATEWAY_BIND.name
+                },
+                &bind_text,
+                "an address and port such as 127.0.0.1:8080 or [::1]:0",
+            )
+        })?;
+        let tokens = parse_tokens(
+            env.get_str(&ev::WEBHOOK_TOKEN)?.as_deref(),
+            env.get_str(&ev::WEBHOOK_TOKENS)?.as_deref(),
+        )?;
+        let github_secret = env
+            .get_str(&ev::GITHUB_WEBHOOK_SECRET)?
+            .map(String::into_bytes);
+        let github = match &args.github_config {
+            Some(p) => GithubMapping::load(p)?,
+            None => GithubMapping::default(),
+        };
+        let handoff = env.get_enum(
+            &ev::DEFAULT_ARTIFACT_HANDOFF,
+            &["manual", "patch_first", "workspace_first"],
+        )?;
+        let default_artifact_handoff =
+            serde_json::from_value(serde_json::Value::String(handoff.to_owned())).ok();
+        let mut project_ids = Vec::new();
+        for item in env.get_list(&ev::PROJECT_ALIASES)? {
+            match item.split_once('=') {
+                Some((id, path))
+                    if contracts::validate::is_valid_project_id(id.trim())
+                        && Path::new(path.trim()).is_absolute() =>
+                {
+                    project_ids.push(id.trim().to_owned())
+                }
+                _ => {
+                    return Err(invalid(
+                        ev::PROJECT_ALIASES.name,
+                        &item,
+                        "comma-separated id=/absolute/path entries",
+                    ));
+                }
+            }
+        }
+        let known_agents = match env.get_str(&ev::AGENTS_CONFIG)? {
+            Some(p) => load_agent_names(Path::new(&p))?,
+            None => Vec::new(),
+        };
+        let prompts_dir = env.get_str(&ev::PROMPTS_DIR)?.map(PathBuf::from);
+        let max_connections = match args.max_connections {
+            None => 1024,
+            Some(n) if (1..=1_000_000).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(invalid(
+                    "--max-connections",
+                    &n.to_string(),
+                    "a whole number from 1 to 1000000",
+                ));
+            }
+        };
+        Ok(Self {
+            bind,
+            queue_root: path_of(&args.queue_root, env, &ev::QUEUE_ROOT)?,
+            artifacts_root: path_of(&args.artifacts_root, env, &ev::ARTIFACTS_ROOT)?,
+            metrics_dir: path_of(&args.metrics_dir, env, &ev::METRICS_DIR)?,
+            state_db_path: path_of(&None, env, &ev::STATE_DB_PATH)?,
+            tokens,
+            rate_window: Duration::from_secs(env.get_u64_range(
+                &ev::WEBHOOK_RATE_LIMIT_WINDOW_SEC,
+                1,
+                86_400,
+            )?),
+            rate_max: env.get_u64_range(&ev::WEBHOOK_RATE_LIMIT_MAX_REQUESTS, 1, 1_000_000_000)?,
+            body_limit: env.get_u64_range(&ev::MAX_WEBHOOK_BODY_BYTES, 1024, 64 * 1024 * 1024)?
+                as usize,
+            github_body_limit: GITHUB_BODY_LIMIT,
+            github_secret,
+            github,
+            trusted_proxies: TrustedProxies::parse(&env.get_list(&ev::TRUSTED_PROXIES)?).map_err(
+                |bad| {
+                    invalid(
+                        ev::TRUSTED_PROXIES.name,
+                        &bad,
+                        "comma-separated IP addresses or CIDRs such as 10.0.0.0/8",
+                    )
+                },
+            )?,
+            dedup_window: Duration::from_secs(env.get_u64_range(
+                &ev::DEDUP_WINDOW_SEC,
+                604_800,
+                10 * 365 * 86_400,
+            )?),
+            header_timeout: ms_flag(args.header_timeout_ms, "--header-timeout-ms", 10_000)?,
+            body_timeout: ms_flag(args.body_timeout_ms, "--body-timeout-ms", 30_000)?,
+            max_connections,
+            shutdown_grace: Duration::from_secs(10),
+            default_artifact_handoff,
+            project_ids,
+            known_agents,
+            prompts_dir,
+            max_daily_api_calls: env.get_u64_range(&ev::MAX_DAILY_API_CALLS, 0, u64::MAX)?,
+            max_daily_cost_usd: env.get_f64_range(&ev::MAX_DAILY_COST_USD, 0.0, f64::MAX)?,
+            // Not in the contracts registry yet: set only by `orch dev`.
+            dev_mode: env.raw("ORCH_DEV").is_some_and(|v| v.trim() == "1"),
+        })
+    }
+}
+
+/// Names of the agents declared in `AGENTS_CONFIG`, added to the built-in
+/// ones for validation. Accepts `{"agents": [{"name": ...}, ...]}` or a bare
+/// array of such objects; anything else is a start-up error.
+fn load_agent_names(path: &Path) -> Result<Vec<String>, ConfigError> {
+    let bad = |why: String| ConfigError::Invalid {
+        var: ev::AGENTS_CONFIG.name,
+        value: format!("{:?}", path.display().to_string()),
+        expected: why,
+    };
+    let bytes = std::fs::read(path).map_err(|e| bad(format!("a readable JSON file ({e})")))?;
+    let doc: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| bad(format!("a JSON document ({e})")))?;
+    let list = match &doc {
+        serde_json::Value::Array(a) => a,
+        serde_json::Value::Object(o) => match o.get("agents") {
+            Some(serde_json::Value::Array(a)) => a,
+            _ => return Err(bad("an object with an \"agents\" array".into())),
+        },
+        _ => return Err(bad("an array of agents".into())),
+    };
+    let mut names: Vec<String> = contracts::BUILTIN_AGENTS
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    for a in list {
+        match a.get("name").and_then(serde_json::Value::as_str) {
+            Some(n) if contracts::validate::is_valid_agent_name(n) => names.push(n.to_owned()),
+            _ => return Err(bad("every agent to have a valid \"name\"".into())),
+        }
+    }
+    Ok(names)
+}

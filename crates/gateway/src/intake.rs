@@ -1,0 +1,426 @@
+//! Job intake: `POST /webhook` (bearer token) and `POST /webhook/github`
+//! (HMAC signature). Both end in [`submit`], which runs the same
+//! normalisation and validation as `orch submit` (`contracts::normalize`),
+//! deduplicates deliveries (`dedup`), and answers 202 only after the job
+//! file is durable — 503, never 2xx, when it could not be made durable.
+//!
+//! Order of checks on `/webhook`, cheapest and least revealing first: client
+//! rate limit, authentication (401), scope (403), token rate limit (429),
+//! content type (415), declared length (413), body read with limit and
+//! timeout (413/408), JSON (400), project scope (403), contract (422).
+//! On `/webhook/github` the signature is verified on the raw body before
+//! anything in it — or any other header — is interpreted.
+
+use crate::app::{App, Audit, authenticate, header_value, limited};
+use crate::auth::Scope;
+use crate::crypto::{ct_eq, hex, hmac_sha256, sha256, unhex};
+use crate::dedup::{self, ORPHAN_AGE, Record};
+use crate::github::{Outcome, map_event};
+use crate::http::{
+    ApiError, Body, check_declared_length, empty, json_response, read_body, require_json,
+};
+use crate::ratelimit::client_key;
+use contracts::{EntryPoint, Job, normalize, parse_payload_bytes};
+use fsqueue::{QueueError, State};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap};
+use hyper::{Request, Response, StatusCode};
+use serde_json::{Value, json};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Longest accepted `Idempotency-Key` / `X-GitHub-Delivery`.
+const MAX_KEY_LEN: usize = 256;
+/// How long a copy of a delivery waits for the copy that claimed it.
+const DEDUP_WAIT: Duration = Duration::from_secs(5);
+
+fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The delivery key of a request, if it carries one: `Idempotency-Key`
+/// first, then `X-GitHub-Delivery`. 400 for an unusable value.
+fn delivery_key(h: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let raw = match h
+        .get("idempotency-key")
+        .or_else(|| h.get("x-github-delivery"))
+    {
+        None => return Ok(None),
+        Some(v) => v,
+    };
+    match raw.to_str() {
+        Ok(s) if !s.trim().is_empty() && s.len() <= MAX_KEY_LEN => Ok(Some(s.trim().to_owned())),
+        _ => Err(ApiError::bad_request(
+            "bad_idempotency_key",
+            format!(
+                "Idempotency-Key / X-GitHub-Delivery must be 1..{MAX_KEY_LEN} visible ASCII characters"
+            ),
+        )),
+    }
+}
+
+fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    let v = parse_payload_bytes(bytes).map_err(|v| {
+        let msg = v
+            .iter()
+            .next()
+            .map_or_else(|| "invalid JSON".to_owned(), |x| x.message.clone());
+        ApiError::bad_request("invalid_json", msg).details(json!({ "violations": v }))
+    })?;
+    if !v.is_object() {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "the body must be a JSON object",
+        ));
+    }
+    Ok(v)
+}
+
+/// `POST /webhook`.
+pub async fn webhook(
+    app: &Arc<App>,
+    client: IpAddr,
+    req: Request<Incoming>,
+    audit: &mut Audit,
+) -> Result<Response<Body>, ApiError> {
+    limited(app.client_limits.charge(&client_key(client)), "client")?;
+    let principal = authenticate(app, req.headers())?;
+    audit.token = Some(principal.name.clone());
+    if !principal.has(Scope::Submit) {
+        return Err(ApiError::forbidden("this token lacks the submit scope"));
+    }
+    limited(app.token_limits.charge(&principal.name), "token")?;
+    require_json(req.headers())?;
+    check_declared_length(req.headers(), app.cfg.body_limit)?;
+    let delivery = delivery_key(req.headers())?;
+    audit.delivery = delivery.clone();
+    let bytes = read_body(req.into_body(), app.cfg.body_limit, app.cfg.body_timeout).await?;
+    let payload = parse_json(&bytes)?;
+    let project = match payload.get("project_id") {
+        Some(Value::String(p)) => Some(p.as_str()),
+        _ => None,
+    };
+    if !principal.projects.allows(project) {
+        return Err(ApiError::forbidden(match project {
+            Some(p) => format!("this token may not submit jobs for project {p:?}"),
+            None => "this token may only submit jobs with a project_id it is allowed".to_owned(),
+        }));
+    }
+    let dedup = delivery.as_ref().map(|d| {
+        (
+            dedup::key("webhook", &[principal.name.as_bytes(), d.as_bytes()]),
+            hex(&sha256(&bytes)),
+        )
+    });
+    submit(app, client, payload, delivery, dedup, "webhook", audit).await
+}
+
+/// `POST /webhook/github`.
+pub async fn github(
+    app: &Arc<App>,
+    client: IpAddr,
+    req: Request<Incoming>,
+    audit: &mut Audit,
+) -> Result<Response<Body>, ApiError> {
+    let Some(secret) = app.cfg.github_secret.clone() else {
+        return Err(ApiError::not_found(
+            "GitHub intake is not configured on this gateway",
+        ));
+    };
+    let ckey = client_key(client);
+    limited(app.client_limits.peek(&ckey), "client")?;
+    check_declared_length(req.headers(), app.cfg.github_body_limit)?;
+    let (parts, body) = req.into_parts();
+    let bytes = read_body(body, app.cfg.github_body_limit, app.cfg.body_timeout).await?;
+
+    // The signature, before anything else is looked at.
+    let expected = hmac_sha256(&secret, &bytes);
+    let verdict = match header_str(&parts.headers, "x-hub-signature-256") {
+        None => Err("missing X-Hub-Signature-256"),
+        Some(sig) => match sig.trim().strip_prefix("sha256=").and_then(unhex) {
+            Some(given) if ct_eq(&given, &expected) => Ok(()),
+            Some(_) => Err("X-Hub-Signature-256 does not match the body"),
+            None => Err("X-Hub-Signature-256 must be sha256=<64 hex digits>"),
+        },
+    };
+    if let Err(why) = verdict {
+        app.client_limits.charge(&ckey);
+        audit.note = Some(why.to_owned());
+        return Err(ApiError::unauthorized(why));
+    }
+    audit.token = Some("github".to_owned());
+    limited(app.token_limits.charge("github"), "token")?;
+    require_json(&parts.headers)?;
+    let delivery = header_str(&parts.headers, "x-github-delivery")
+        .map(str::trim)
+        .filter(|d| !d.is_empty() && d.len() <= MAX_KEY_LEN)
+        .map(str::to_owned);
+    audit.delivery = delivery.clone();
+    let Some(event) = header_str(&parts.headers, "x-github-event").map(str::to_owned) else {
+        return Err(ApiError::bad_request(
+            "missing_event",
+            "missing X-GitHub-Event header",
+        ));
+    };
+    audit.event = Some(event.chars().take(64).collect());
+    if event == "ping" {
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({ "ok": true, "event": "ping" }),
+        ));
+    }
+    let body = parse_json(&bytes)?;
+    match map_event(&app.cfg.github, &event, delivery.as_deref(), &body) {
+        Outcome::Ignore(why) => {
+            audit.note = Some(why);
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        Outcome::Job(payload) => {
+            // Keyed by the signed body, not the unsigned delivery header: a
+            // captured delivery replayed under any delivery id is the same
+            // delivery. GitHub's redeliveries carry the identical body.
+            let body_hash = hex(&sha256(&bytes));
+            let key = dedup::key("github", &[body_hash.as_bytes()]);
+            submit(
+                app,
+                client,
+                payload,
+                delivery,
+                Some((key, body_hash)),
+                "github",
+                audit,
+            )
+            .await
+        }
+    }
+}
+
+/// What a successful intake returns.
+fn accepted(job_id: &str, state: &str, duplicate: bool) -> Response<Body> {
+    let status = if state == State::AwaitingApproval.dir_name() {
+        "awaiting_approval"
+    } else {
+        "queued"
+    };
+    let url = format!("/jobs/{job_id}");
+    let mut body = json!({ "job_id": job_id, "status": status, "status_url": url });
+    if duplicate {
+        body["duplicate"] = true.into();
+    }
+    let mut resp = json_response(StatusCode::ACCEPTED, &body);
+    if let Some(v) = header_value(&url) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+fn durable_error(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "could not make a job durable");
+    ApiError::unavailable("the job could not be stored durably; nothing was queued, retry later")
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| ApiError::internal("a storage task failed"))
+}
+
+/// Enqueues `doc` durably.
+async fn enqueue(
+    app: &Arc<App>,
+    job_id: &str,
+    doc: Vec<u8>,
+    state: State,
+) -> Result<(), QueueError> {
+    let (a, id) = (app.clone(), job_id.to_owned());
+    tokio::task::spawn_blocking(move || {
+        a.queue
+            .enqueue(&id, &doc, fsqueue::name::DEFAULT_PRIO, state)
+            .map(|_| ())
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(QueueError::Io(fsqueue::durable::DurableError::new(
+            "enqueue",
+            app.queue.root(),
+            std::io::Error::other(e.to_string()),
+        )))
+    })
+}
+
+/// Normalises, validates and durably enqueues a payload; with a delivery
+/// key, exactly once per key (see `dedup`).
+async fn submit(
+    app: &Arc<App>,
+    client: IpAddr,
+    payload: Value,
+    delivery: Option<String>,
+    dedup: Option<(String, String)>,
+    entry: &'static str,
+    audit: &mut Audit,
+) -> Result<Response<Body>, ApiError> {
+    // A delivery seen before is answered from its record, before the
+    // payload is even normalised (the original was valid when it came).
+    if let Some((key, body_hash)) = &dedup
+        && let Some(resp) = existing(app, key, body_hash, audit).await?
+    {
+        return Ok(resp);
+    }
+    let entry_point = EntryPoint::Webhook {
+        remote: client.to_string(),
+        delivery: delivery.clone(),
+    };
+    let job: Job = normalize(payload, &entry_point, &app.normalize_opts).map_err(|v| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            format!("the job is invalid: {} violation(s)", v.len()),
+        )
+        .details(json!({ "violations": v }))
+    })?;
+    let job_id = job.job_id.as_str().to_owned();
+    let state = if job.policy.requires_approval {
+        State::AwaitingApproval
+    } else {
+        State::Pending
+    };
+    let doc =
+        serde_json::to_vec(&job).map_err(|e| ApiError::internal(format!("serialize: {e}")))?;
+    let Some((key, body_hash)) = dedup else {
+        audit.job_id = Some(job_id.clone());
+        return match enqueue(app, &job_id, doc, state).await {
+            Ok(()) => {
+                count_enqueued(entry, state);
+                Ok(accepted(&job_id, state.dir_name(), false))
+            }
+            Err(QueueError::Duplicate { .. }) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "duplicate_job",
+                "a job with this id already exists",
+            )),
+            Err(e) => Err(durable_error(e)),
+        };
+    };
+
+    let record = Record {
+        job_id: job_id.clone(),
+        state: state.dir_name().to_owned(),
+        body_sha256: body_hash.clone(),
+        committed: false,
+        created_at: contracts::now_rfc3339(),
+        job: serde_json::to_value(&job).ok(),
+    };
+    let deadline = Instant::now() + DEDUP_WAIT;
+    loop {
+        let (a, k, r) = (app.clone(), key.clone(), record.clone());
+        let claimed = blocking(move || a.deliveries.create(&k, &r))
+            .await?
+            .map_err(durable_error)?;
+        if claimed {
+            audit.job_id = Some(job_id.clone());
+            return match enqueue(app, &job_id, doc, state).await {
+                Ok(()) => {
+                    let (a, k, r) = (app.clone(), key.clone(), record.clone());
+                    // The job is durable; a failed commit only means a later
+                    // copy finishes the record (the job exists, so it
+                    // commits without enqueuing again).
+                    if let Ok(Err(e)) = blocking(move || a.deliveries.commit(&k, &r)).await {
+                        tracing::warn!(job_id, error = %e, "could not commit a delivery record");
+                    }
+                    count_enqueued(entry, state);
+                    Ok(accepted(&job_id, state.dir_name(), false))
+                }
+                Err(e) => {
+                    let (a, k) = (app.clone(), key.clone());
+                    let _ = blocking(move || a.deliveries.release(&k)).await;
+                    Err(durable_error(e))
+                }
+            };
+        }
+        if let Some(resp) = existing(app, &key, &body_hash, audit).await? {
+            return Ok(resp);
+        }
+        if Instant::now() >= deadline {
+            return Err(ApiError::unavailable(
+                "another copy of this delivery is still being stored; retry shortly",
+            )
+            .header(header::RETRY_AFTER, "1"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn count_enqueued(entry: &'static str, state: State) {
+    metrics::counter!("orch_jobs_enqueued_total", "entry" => entry, "state" => state.dir_name())
+        .increment(1);
+}
+
+/// Answers from an existing delivery record: `Some(202)` with the original
+/// job when the record is committed (or an orphan that could be finished),
+/// `None` when there is no record or its owner is still at work.
+async fn existing(
+    app: &Arc<App>,
+    key: &str,
+    body_hash: &str,
+    audit: &mut Audit,
+) -> Result<Option<Response<Body>>, ApiError> {
+    let (a, k) = (app.clone(), key.to_owned());
+    let found = blocking(move || a.deliveries.read(&k))
+        .await?
+        .map_err(durable_error)?;
+    let Some((rec, age)) = found else {
+        return Ok(None);
+    };
+    if rec.body_sha256 != body_hash {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_key_reused",
+            "this Idempotency-Key was already used with a different body",
+        )
+        .details(json!({ "job_id": rec.job_id })));
+    }
+    if !rec.committed {
+        if age <= ORPHAN_AGE {
+            return Ok(None);
+        }
+        let (a, k, r) = (app.clone(), key.to_owned(), rec.clone());
+        blocking(move || finish_orphan(&a, &k, &r))
+            .await?
+            .map_err(durable_error)?;
+    }
+    audit.job_id = Some(rec.job_id.clone());
+    audit.duplicate = true;
+    metrics::counter!("orch_webhook_duplicates_total").increment(1);
+    Ok(Some(accepted(&rec.job_id, &rec.state, true)))
+}
+
+/// Completes a delivery whose claimer died between claim and commit: the
+/// job is enqueued from the record unless it already exists, then the
+/// record is committed.
+pub fn finish_orphan(app: &App, key: &str, rec: &Record) -> Result<(), String> {
+    let state = State::parse(&rec.state).unwrap_or(State::Pending);
+    let exists = app
+        .queue
+        .find(&rec.job_id)
+        .map_err(|e| e.to_string())?
+        .is_some();
+    if !exists {
+        let doc = rec
+            .job
+            .as_ref()
+            .ok_or("the record has no job document")
+            .and_then(|j| serde_json::to_vec(j).map_err(|_| "unserialisable job"))?;
+        match app
+            .queue
+            .enqueue(&rec.job_id, &doc, fsqueue::name::DEFAULT_PRIO, state)
+        {
+            Ok(_) => tracing::warn!(job_id = %rec.job_id, "finished an interrupted delivery"),
+            Err(QueueError::Duplicate { .. }) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    app.deliveries.commit(key, rec).map_err(|e| e.to_string())
+}

@@ -1,0 +1,181 @@
+//! `orch-gateway`: the HTTP face of orch. It takes jobs in (`POST /webhook`
+//! with a bearer token, `POST /webhook/github` with GitHub's HMAC
+//! signature), lets operators read and move them (`/jobs`), and reports on
+//! the whole system (`/health`, `/metrics`). It shares nothing with the
+//! other processes but the queue directory, the artifacts tree and
+//! `var/metrics/*.prom`: an accepted job is a durable file in `pending/`
+//! (or `awaiting_approval/`) and nothing else.
+//!
+//! Module map: `config` (flags + environment → [`Config`]), `server` (accept
+//! loop, connection limits, timeouts, graceful shutdown), `app` (router,
+//! metrics and audit per request), `intake` (the two intake routes),
+//! `dedup` (delivery records), `jobs` (job API), `status` (health and
+//! metrics), `auth`, `ratelimit`, `github`, `promtext`, `crypto`, `http`.
+//! The API is documented in `docs/API.md` and `crates/gateway/openapi.json`.
+
+mod app;
+pub mod auth;
+pub mod config;
+pub mod crypto;
+pub mod dedup;
+pub mod github;
+mod http;
+mod intake;
+mod jobs;
+pub mod promtext;
+pub mod ratelimit;
+mod server;
+mod status;
+
+pub use config::{Args, Config};
+
+use app::App;
+use contracts::NormalizeOptions;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// Why the gateway could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open the queue at {path}: {source}")]
+    Queue {
+        path: std::path::PathBuf,
+        #[source]
+        source: fsqueue::QueueError,
+    },
+    #[error("cannot prepare {path}: {source}")]
+    Dir {
+        path: std::path::PathBuf,
+        #[source]
+        source: fsqueue::durable::DurableError,
+    },
+    #[error(
+        "cannot listen on {addr}: {source}\nhint: is another process using the port? set GATEWAY_BIND or --bind"
+    )]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once; later calls are
+/// no-ops). Durations ending in `_seconds` become real histograms.
+pub fn install_metrics() {
+    if PROMETHEUS.get().is_some() {
+        return;
+    }
+    let buckets = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    let builder = metrics_exporter_prometheus::PrometheusBuilder::new();
+    let builder = match builder.set_buckets_for_metric(
+        metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+        &buckets,
+    ) {
+        Ok(b) => b,
+        Err(_) => metrics_exporter_prometheus::PrometheusBuilder::new(),
+    };
+    let recorder = builder.build_recorder();
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_ok() {
+        let _ = PROMETHEUS.set(handle);
+    }
+}
+
+/// Runs the gateway until `shutdown` resolves, then finishes in-flight
+/// requests (up to `config.shutdown_grace`) and returns.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let queue = fsqueue::Queue::open(&config.queue_root).map_err(|source| Error::Queue {
+        path: config.queue_root.clone(),
+        source,
+    })?;
+    let deliveries = dedup::Deliveries::open(&config.queue_root).map_err(|source| Error::Dir {
+        path: config.queue_root.join(dedup::DELIVERIES_DIR),
+        source,
+    })?;
+    warn_about_config(&config);
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.bind,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| Error::Bind {
+        addr: config.bind,
+        source,
+    })?;
+    let normalize_opts = NormalizeOptions {
+        default_artifact_handoff: config.default_artifact_handoff,
+        known_agents: config.known_agents.clone(),
+        project_ids: config.project_ids.clone(),
+        extra_metadata: Default::default(),
+        prompts_dir: config.prompts_dir.clone(),
+    };
+    let app = Arc::new(App {
+        store: artifacts::ArtifactStore::new(&config.artifacts_root),
+        client_limits: ratelimit::Limiter::new(config.rate_window, config.rate_max),
+        token_limits: ratelimit::Limiter::new(config.rate_window, config.rate_max),
+        queue,
+        deliveries,
+        normalize_opts,
+        status: Default::default(),
+        summaries: Default::default(),
+        prometheus: PROMETHEUS.get().cloned(),
+        cfg: config,
+    });
+    let maintenance = tokio::spawn(maintain(app.clone()));
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        queue = %app.cfg.queue_root.display(),
+        "listening on http://{local}"
+    );
+    server::serve(listener, app, shutdown).await;
+    maintenance.abort();
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+fn warn_about_config(cfg: &Config) {
+    if cfg.tokens.is_dev_token && !cfg.dev_mode {
+        tracing::warn!(
+            "WEBHOOK_TOKEN is the well-known dev-token outside `orch dev`: anyone can submit, read and administer jobs; set a random token"
+        );
+    }
+    if cfg.tokens.is_empty() {
+        tracing::warn!(
+            "neither WEBHOOK_TOKEN nor WEBHOOK_TOKENS is set: POST /webhook and /jobs refuse every request"
+        );
+    }
+    if cfg.github_secret.is_none() {
+        tracing::info!("GITHUB_WEBHOOK_SECRET is unset: POST /webhook/github is disabled");
+    }
+}
+
+/// Background upkeep of delivery records: finish deliveries interrupted by
+/// a crash (once the orphan age has passed, so a live peer gateway is not
+/// raced), and prune records past the dedup window, hourly.
+async fn maintain(app: Arc<App>) {
+    tokio::time::sleep(dedup::ORPHAN_AGE + Duration::from_secs(1)).await;
+    loop {
+        let a = app.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for (key, rec) in a.deliveries.orphans() {
+                if let Err(e) = intake::finish_orphan(&a, &key, &rec) {
+                    tracing::warn!(job_id = %rec.job_id, error = %e, "could not finish an interrupted delivery");
+                }
+            }
+            let n = a.deliveries.prune(a.cfg.dedup_window);
+            if n > 0 {
+                tracing::info!(pruned = n, "pruned expired delivery records");
+            }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}

@@ -1,0 +1,888 @@
+//! Real agent CLIs (`ENABLE_REAL_CLI=1`): the configuration resolved once
+//! at start-up ([`RealConfig`]), the per-job preflight (allowlist, binaries
+//! present, `MIN_BINARY_VERSIONS`, sandbox), and [`RealAgent`], the worker
+//! that runs one CLI through the executor — inside the sandbox — and
+//! normalises its output into a [`StepOutcome`].
+//!
+//! Every job gets its own agent state (SPEC §6): `CLAUDE_CONFIG_DIR`,
+//! `CODEX_HOME`, `XDG_CONFIG_HOME`, `XDG_DATA_HOME`, `XDG_CACHE_HOME`,
+//! `XDG_STATE_HOME` point into the job's state directory, because
+//! concurrent agents sharing one user config corrupt it. An operator can
+//! seed every job's state from a directory (`state_seed_dir` in the agents
+//! config; see docs/REAL_CLI_INTEGRATION.md) to provide credentials.
+
+use crate::agents::{self, AgentSpec, AgentsConfigError, PromptMode, READ_ONLY_TOOLS};
+use crate::exec::{self, ExecError, ExecPolicy, ExecSpec, ExitKind};
+use crate::output::{self, FailureClass, Parsed};
+use crate::sandbox::{self, Mounts, Sandbox};
+use crate::sim::SimBehaviour;
+use crate::worker::{StepOutcome, StepRequest, Worker, WorkerFuture};
+use contracts::env::{self as ev, ConfigError, EnvSource};
+use contracts::{ErrorInfo, Job, NetworkPolicy, Status};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// How long `<bin> --version` may take.
+const VERSION_TIMEOUT: Duration = Duration::from_secs(20);
+/// How much of stderr goes into the step's logs.
+const STDERR_IN_LOGS: usize = 4000;
+
+/// Why real mode cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum RealConfigError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Agents(#[from] AgentsConfigError),
+    #[error("SANDBOX=1 but no sandbox is usable: {0}")]
+    SandboxUnavailable(String),
+}
+
+/// A dotted version, compared numerically (`1.10.0 > 1.9.3`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version(pub Vec<u64>);
+
+impl Version {
+    /// The first version-looking token (`\d+(\.\d+)*`) in `text`.
+    pub fn find(text: &str) -> Option<Self> {
+        let bytes = text.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i].is_ascii_digit() && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric()) {
+                let start = i;
+                while i < bytes.len() && (bytes[i].is_ascii_digit() || bytes[i] == b'.') {
+                    i += 1;
+                }
+                let tok = text[start..i].trim_end_matches('.');
+                if let Some(v) = Self::parse(tok) {
+                    return Some(v);
+                }
+            }
+            i += 1;
+        }
+        None
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        let parts: Option<Vec<u64>> = s.split('.').map(|p| p.parse().ok()).collect();
+        let mut parts = parts.filter(|p| !p.is_empty())?;
+        while parts.len() > 1 && parts.last() == Some(&0) {
+            parts.pop();
+        }
+        Some(Self(parts))
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s: Vec<String> = self.0.iter().map(u64::to_string).collect();
+        f.write_str(&s.join("."))
+    }
+}
+
+/// Real-mode configuration, resolved once at start-up.
+#[derive(Debug)]
+pub struct RealConfig {
+    pub exec: ExecPolicy,
+    /// `SANDBOX=1`: every real agent runs sandboxed.
+    pub sandbox_required: bool,
+    /// The usable sandbox, if any (`SANDBOX_WRAPPER`, else bubblewrap).
+    pub sandbox: Option<Sandbox>,
+    /// Why no sandbox is usable (for messages).
+    pub sandbox_problem: Option<String>,
+    /// `NETWORK_POLICY=allow`.
+    pub network_allow: bool,
+    /// `MIN_BINARY_VERSIONS`, by binary name.
+    pub min_versions: BTreeMap<String, Version>,
+    /// `NON_GIT_WORKDIR_STATUS`.
+    pub non_git_status: Status,
+    pub agents: Vec<AgentSpec>,
+    /// Copied into each job's state directory before its first agent.
+    pub state_seed_dir: Option<PathBuf>,
+    /// Versions already checked, by (path, mtime, size): a binary that did
+    /// not change is not run again for every job.
+    versions: Mutex<HashMap<(PathBuf, i64, u64), Version>>,
+}
+
+impl RealConfig {
+    /// Reads `ALLOWED_BINARIES`, `ENV_ALLOWLIST`, `SANDBOX*`,
+    /// `NETWORK_POLICY`, `MIN_BINARY_VERSIONS`, `NON_GIT_WORKDIR_STATUS`,
+    /// `MAX_SUBPROCESS_OUTPUT_CHARS` and `AGENTS_CONFIG`. Refuses to start
+    /// when `SANDBOX=1` and no sandbox works.
+    pub fn from_env(src: &EnvSource) -> Result<Self, RealConfigError> {
+        let exec = ExecPolicy::from_env(src)?;
+        let sandbox_required = src.get_bool(&ev::SANDBOX)?;
+        let (sandbox, sandbox_problem) = match src.get_str(&ev::SANDBOX_WRAPPER)? {
+            Some(w) => {
+                let program = if Path::new(&w).is_absolute() {
+                    Some(PathBuf::from(&w))
+                } else {
+                    exec::find_on_path(&w, &exec.search_path)
+                };
+                match program {
+                    Some(program) => {
+                        let args = src
+                            .get_str(&ev::SANDBOX_WRAPPER_ARGS)?
+                            .map(|a| a.split_whitespace().map(str::to_owned).collect())
+                            .unwrap_or_default();
+                        (Some(Sandbox::Wrapper { program, args }), None)
+                    }
+                    None => (
+                        None,
+                        Some(format!(
+                            "SANDBOX_WRAPPER={w:?} is not an executable on PATH"
+                        )),
+                    ),
+                }
+            }
+            None => match sandbox::probe(&exec.search_path) {
+                Ok(()) => (Sandbox::builtin(&exec.search_path).ok(), None),
+                Err(e) => (None, Some(e)),
+            },
+        };
+        if sandbox_required && sandbox.is_none() {
+            return Err(RealConfigError::SandboxUnavailable(
+                sandbox_problem.unwrap_or_default(),
+            ));
+        }
+        let network_allow = src.get_enum(&ev::NETWORK_POLICY, &["deny", "allow"])? == "allow";
+        let mut min_versions = BTreeMap::new();
+        for item in src.get_list(&ev::MIN_BINARY_VERSIONS)? {
+            let parsed = item
+                .split_once('=')
+                .and_then(|(b, v)| Some((b.trim().to_owned(), Version::parse(v.trim())?)));
+            match parsed {
+                Some((b, v)) if !b.is_empty() => {
+                    min_versions.insert(b, v);
+                }
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        var: ev::MIN_BINARY_VERSIONS.name,
+                        value: format!("{item:?}"),
+                        expected: "comma-separated bin=1.2.3 pairs".into(),
+                    }
+                    .into());
+                }
+            }
+        }
+        let non_git_status =
+            match src.get_enum(&ev::NON_GIT_WORKDIR_STATUS, &["needs_human", "failed"])? {
+                "failed" => Status::Failed,
+                _ => Status::NeedsHuman,
+            };
+        let config_path = contracts::config::path_opt(src, &ev::AGENTS_CONFIG)?;
+        let file = agents::load_file(config_path.as_deref())?;
+        Ok(Self {
+            exec,
+            sandbox_required,
+            sandbox,
+            sandbox_problem,
+            network_allow,
+            min_versions,
+            non_git_status,
+            agents: file.agents,
+            state_seed_dir: file.state_seed_dir,
+            versions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn agent(&self, name: &str) -> Option<&AgentSpec> {
+        self.agents.iter().find(|a| a.name == name)
+    }
+
+    /// Whether a job's agents run sandboxed: `SANDBOX=1`, or the job asks
+    /// for it. A job can make the sandbox stricter, never switch it off.
+    pub fn sandboxed(&self, job_sandbox: bool) -> bool {
+        self.sandbox_required || job_sandbox
+    }
+
+    /// Checks, before anything runs, that every agent of `job` can run:
+    /// known agent, each binary allowed (ALLOWED_BINARIES ∩ the job's
+    /// `allowed_binaries`), installed, at least its `MIN_BINARY_VERSIONS`,
+    /// and a sandbox when one is needed. Every problem is listed in
+    /// `error.details.problems`; the error code is `preflight`.
+    pub async fn preflight(&self, job: &Job) -> Result<(), ErrorInfo> {
+        let mut problems: Vec<String> = Vec::new();
+        let mut binaries: BTreeSet<String> = BTreeSet::new();
+        for step in &job.steps {
+            match self.agent(&step.agent) {
+                Some(a) => binaries.extend(a.binaries.iter().cloned()),
+                None => problems.push(format!(
+                    "step {}: agent {:?} is not configured (known: {})",
+                    step.step_id,
+                    step.agent,
+                    self.agents
+                        .iter()
+                        .map(|a| a.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            }
+        }
+        if self.sandboxed(job.policy.sandbox) && self.sandbox.is_none() {
+            problems.push(format!(
+                "the job needs a sandbox (policy.sandbox is true) but none is usable: {}",
+                self.sandbox_problem.as_deref().unwrap_or("unknown reason")
+            ));
+        }
+        for bin in &binaries {
+            match self.exec.resolve(bin, &job.policy.allowed_binaries) {
+                Err(e) => problems.push(e.to_string()),
+                Ok(path) => {
+                    if let Err(p) = self.check_version(bin, &path).await {
+                        problems.push(p);
+                    }
+                }
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let mut e = ErrorInfo::new(
+            "preflight",
+            format!("preflight failed: {}", problems.join("; ")),
+        );
+        e.details.insert("problems".into(), json!(problems));
+        Err(e)
+    }
+
+    async fn check_version(&self, bin: &str, path: &Path) -> Result<(), String> {
+        let name = Path::new(bin)
+            .file_name()
+            .map_or_else(|| bin.to_owned(), |n| n.to_string_lossy().into_owned());
+        let Some(min) = self
+            .min_versions
+            .get(bin)
+            .or_else(|| self.min_versions.get(&name))
+        else {
+            return Ok(());
+        };
+        let key = std::fs::metadata(path).ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (path.to_path_buf(), m.mtime(), m.size())
+        });
+        let cached = key
+            .as_ref()
+            .and_then(|k| self.versions.lock().ok().and_then(|c| c.get(k).cloned()));
+        let found = match cached {
+            Some(v) => v,
+            None => {
+                let mut spec = ExecSpec::new(path, std::env::temp_dir()).arg("--version");
+                spec.env = self.exec.child_env(&[]);
+                spec.timeout = Some(VERSION_TIMEOUT);
+                spec.max_output_chars = 64 * 1024;
+                spec.kill_grace = Duration::from_secs(1);
+                let out = exec::run(&spec, CancellationToken::new())
+                    .await
+                    .map_err(|e| format!("{bin} --version: {e}"))?;
+                let text = format!(
+                    "{}\n{}",
+                    String::from_utf8_lossy(&out.stdout.bytes),
+                    String::from_utf8_lossy(&out.stderr.bytes)
+                );
+                if !out.exit.success() {
+                    return Err(format!(
+                        "{} --version failed ({}); cannot check MIN_BINARY_VERSIONS {bin}={min}",
+                        path.display(),
+                        out.exit
+                    ));
+                }
+                let Some(v) = Version::find(&text) else {
+                    return Err(format!(
+                        "{} --version printed no version number; cannot check MIN_BINARY_VERSIONS {bin}={min}",
+                        path.display()
+                    ));
+                };
+                if let (Some(k), Ok(mut c)) = (key, self.versions.lock()) {
+                    c.insert(k, v.clone());
+                }
+                v
+            }
+        };
+        if found < *min {
+            return Err(format!(
+                "{} is version {found}, older than MIN_BINARY_VERSIONS {bin}={min}; hint: upgrade it",
+                path.display()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The per-job state directories and the variables pointing at them.
+fn state_env(state_dir: &Path, sandboxed: bool) -> std::io::Result<Vec<(String, String)>> {
+    let dirs = [
+        ("CLAUDE_CONFIG_DIR", "claude"),
+        ("CODEX_HOME", "codex"),
+        ("XDG_CONFIG_HOME", "xdg/config"),
+        ("XDG_DATA_HOME", "xdg/data"),
+        ("XDG_CACHE_HOME", "xdg/cache"),
+        ("XDG_STATE_HOME", "xdg/state"),
+        ("ORCH_AGENT_HOME", "home"),
+    ];
+    let mut env = Vec::new();
+    for (var, rel) in dirs {
+        let p = state_dir.join(rel);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&p)?;
+        let value = p.display().to_string();
+        if var == "ORCH_AGENT_HOME" {
+            // The runner's home is not mounted in the sandbox; the agent
+            // gets a private one.
+            if sandboxed {
+                env.push(("HOME".to_owned(), value));
+            }
+            continue;
+        }
+        env.push((var.to_owned(), value));
+    }
+    if sandboxed {
+        env.push(("TMPDIR".to_owned(), "/tmp".to_owned()));
+    }
+    Ok(env)
+}
+
+/// Copies the operator's seed directory into a job's state directory once
+/// (regular files and directories only; links are skipped so a seed cannot
+/// point the agent elsewhere). Files get mode 0600.
+fn seed_state(seed: &Path, state_dir: &Path) -> std::io::Result<()> {
+    let marker = state_dir.join(".orch-seeded");
+    if marker.exists() {
+        return Ok(());
+    }
+    for entry in walkdir::WalkDir::new(seed).follow_links(false).min_depth(1) {
+        let entry = entry.map_err(std::io::Error::other)?;
+        let Ok(rel) = entry.path().strip_prefix(seed) else {
+            continue;
+        };
+        let dest = state_dir.join(rel);
+        let ft = entry.file_type();
+        if ft.is_dir() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dest)?;
+        } else if ft.is_file() {
+            let data = std::fs::read(entry.path())?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&dest)?;
+            std::io::Write::write_all(&mut f, &data)?;
+        }
+    }
+    std::fs::write(marker, b"")?;
+    Ok(())
+}
+
+/// A real agent CLI.
+#[derive(Debug, Clone)]
+pub struct RealAgent {
+    spec: AgentSpec,
+    cfg: Arc<RealConfig>,
+}
+
+impl RealAgent {
+    pub fn new(spec: AgentSpec, cfg: Arc<RealConfig>) -> Self {
+        Self { spec, cfg }
+    }
+
+    async fn execute(&self, req: &StepRequest, cancel: CancellationToken) -> StepOutcome {
+        let t0 = Instant::now();
+        let spec = &self.spec;
+        let cfg = &self.cfg;
+        let step = &req.step;
+        let mut logs = format!(
+            "[real] agent={} role={} job={} step={} attempt={}\n",
+            spec.name, step.role, req.job_id, step.step_id, req.attempt
+        );
+        let fail = |status: Status, code: &str, msg: String, logs: &str| {
+            let mut o = StepOutcome::failure(status, ErrorInfo::new(code, msg));
+            o.logs = format!("{logs}[real] {}\n", o.summary);
+            o.metrics = base_metrics(t0.elapsed());
+            o
+        };
+
+        if spec.needs_git && !crate::workspace::is_git_workspace(&req.workdir) {
+            return fail(
+                cfg.non_git_status,
+                "non_git_workdir",
+                format!(
+                    "agent {} needs a git work tree but {} is not one (NON_GIT_WORKDIR_STATUS={})",
+                    spec.name,
+                    req.workdir.display(),
+                    cfg.non_git_status
+                ),
+                &logs,
+            );
+        }
+        let program = match cfg
+            .exec
+            .resolve(spec.program(), &req.policy.allowed_binaries)
+        {
+            Ok(p) => p,
+            Err(e) => return fail(Status::Failed, e.code(), e.to_string(), &logs),
+        };
+        let sandboxed = cfg.sandboxed(req.policy.sandbox);
+        let sandbox = match (sandboxed, &cfg.sandbox) {
+            (false, _) => None,
+            (true, Some(s)) => Some(s),
+            (true, None) => {
+                return fail(
+                    Status::Failed,
+                    "sandbox_unavailable",
+                    format!(
+                        "the step must run sandboxed but no sandbox is usable: {}",
+                        cfg.sandbox_problem.as_deref().unwrap_or("unknown reason")
+                    ),
+                    &logs,
+                );
+            }
+        };
+        let mut env_extra = match state_env(&req.state_dir, sandboxed) {
+            Ok(e) => e,
+            Err(e) => {
+                return fail(
+                    Status::Failed,
+                    "state_dir",
+                    format!("cannot prepare {}: {e}", req.state_dir.display()),
+                    &logs,
+                );
+            }
+        };
+        if let Some(seed) = &cfg.state_seed_dir
+            && let Err(e) = seed_state(seed, &req.state_dir)
+        {
+            return fail(
+                Status::Failed,
+                "state_dir",
+                format!(
+                    "cannot seed {} from {}: {e}",
+                    req.state_dir.display(),
+                    seed.display()
+                ),
+                &logs,
+            );
+        }
+
+        let read_only = matches!(
+            SimBehaviour::for_role(&step.role),
+            Some(SimBehaviour::Review | SimBehaviour::Plan)
+        );
+        let mut values: BTreeMap<&str, String> = BTreeMap::new();
+        if let Some(m) = &spec.model {
+            values.insert("model", m.clone());
+        }
+        if let Some(tools) = allowed_tools(step.allowed_tools.as_deref(), read_only, &mut logs) {
+            values.insert("allowed_tools", tools);
+        }
+        values.insert(
+            "sandbox_mode",
+            if read_only {
+                "read-only"
+            } else {
+                "workspace-write"
+            }
+            .to_owned(),
+        );
+        values.insert("workdir", req.workdir.display().to_string());
+        values.insert("state_dir", req.state_dir.display().to_string());
+        values.insert("role", step.role.clone());
+        values.insert("step_id", step.step_id.to_string());
+        values.insert("job_id", req.job_id.to_string());
+        let mut stdin = Some(req.prompt.clone().into_bytes());
+        if spec.prompt == PromptMode::File {
+            let dir = req.state_dir.join("prompts");
+            let file = dir.join(format!("{}-{}.md", step.step_id, req.attempt));
+            let written = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .and_then(|()| {
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(&file)?;
+                    std::io::Write::write_all(&mut f, req.prompt.as_bytes())
+                });
+            if let Err(e) = written {
+                return fail(
+                    Status::Failed,
+                    "state_dir",
+                    format!("cannot write the prompt file {}: {e}", file.display()),
+                    &logs,
+                );
+            }
+            values.insert("prompt_file", file.display().to_string());
+            stdin = None;
+        }
+        let argv = agents::expand(&spec.argv, &values);
+        env_extra.sort();
+        let mut exec_spec = ExecSpec::new(program, req.workdir.clone());
+        exec_spec.args = argv.iter().skip(1).map(Into::into).collect();
+        exec_spec.env = cfg.exec.child_env(&env_extra);
+        exec_spec.stdin = stdin;
+        exec_spec.timeout = Some(Duration::from_secs(u64::from(step.timeout_sec)));
+        exec_spec.max_output_chars = cfg.exec.max_output_chars;
+        exec_spec.kill_grace = cfg.exec.kill_grace;
+        let network = req.policy.network == NetworkPolicy::Allow || cfg.network_allow;
+        if let Some(sb) = sandbox {
+            let mounts = Mounts {
+                rw: vec![req.workdir.clone(), req.state_dir.clone()],
+                ro: spec.ro_paths.clone(),
+                network,
+            };
+            exec_spec = sb.wrap(&exec_spec, &mounts);
+            let _ = writeln!(
+                logs,
+                "[real] sandbox: {} (network {})",
+                sb.describe(),
+                if network { "allowed" } else { "denied" }
+            );
+        } else {
+            logs.push_str("[real] sandbox: none (SANDBOX=0 and policy.sandbox=false)\n");
+        }
+        let _ = writeln!(logs, "[real] command: {}", exec_spec.display());
+        let names: Vec<&str> = exec_spec.env.iter().map(|(k, _)| k.as_str()).collect();
+        let _ = writeln!(logs, "[real] environment: {}", names.join(" "));
+
+        let out = match exec::run(&exec_spec, cancel).await {
+            Ok(o) => o,
+            Err(e) => return fail(Status::Failed, e.code(), e.to_string(), &logs),
+        };
+        let _ = writeln!(
+            logs,
+            "[real] {} after {} ms; stdout {} bytes{}, stderr {} bytes{}",
+            out.exit,
+            out.duration.as_millis(),
+            out.stdout.total_bytes,
+            if out.stdout.truncated {
+                " (truncated)"
+            } else {
+                ""
+            },
+            out.stderr.total_bytes,
+            if out.stderr.truncated {
+                " (truncated)"
+            } else {
+                ""
+            },
+        );
+        let mut parsed = output::parse(spec.format, &out.stdout.for_parsing());
+        if out.stdout.truncated {
+            // The middle of the transcript is gone: only a result found in
+            // the tail's complete lines is the agent's final word; an older
+            // message from the head must not pass for it.
+            let tail = output::parse(spec.format, out.stdout.tail_lines());
+            parsed.result = tail.result;
+            if tail.error.is_some() {
+                parsed.error = tail.error;
+                parsed.error_kind = tail.error_kind;
+            }
+            parsed.notes.push(
+                "stdout exceeded MAX_SUBPROCESS_OUTPUT_CHARS: the result is read from its tail and token/cost sums may be incomplete"
+                    .into(),
+            );
+        }
+        for n in &parsed.notes {
+            let _ = writeln!(logs, "[real] note: {n}");
+        }
+        let stderr_text = String::from_utf8_lossy(&out.stderr.bytes).into_owned();
+        if !stderr_text.trim().is_empty() {
+            let tail: String = {
+                let chars: Vec<char> = stderr_text.chars().collect();
+                chars[chars.len().saturating_sub(STDERR_IN_LOGS)..]
+                    .iter()
+                    .collect()
+            };
+            let _ = writeln!(
+                logs,
+                "[real] stderr (last {STDERR_IN_LOGS} characters):\n{tail}"
+            );
+        }
+        let mut outcome = self.normalise(req, &out.exit, &parsed, &out, &stderr_text);
+        outcome.logs = format!(
+            "{logs}[real] outcome: {} — {}\n",
+            outcome.status, outcome.summary
+        );
+        let mut metrics = base_metrics(t0.elapsed());
+        metrics.extend(parsed.metrics());
+        if parsed.cost_usd.is_none() {
+            let priced = spec.price().and_then(|p| {
+                Some(p.cost(
+                    parsed.tokens_in?,
+                    parsed.tokens_cached_in.unwrap_or(0),
+                    parsed.tokens_out.unwrap_or(0),
+                ))
+            });
+            match priced {
+                Some(c) => {
+                    metrics.insert("cost_usd".into(), json!(c));
+                    metrics.insert("cost_source".into(), json!("price_table"));
+                }
+                None => {
+                    metrics.insert("cost_usd".into(), json!(0.0));
+                    metrics.insert("cost_source".into(), json!("unknown"));
+                }
+            }
+        } else {
+            metrics.insert("cost_source".into(), json!("agent"));
+        }
+        metrics.insert("sandboxed".into(), json!(sandbox.is_some()));
+        outcome.metrics = metrics;
+        outcome.raw_stdout = Some(out.stdout.bytes);
+        outcome.raw_stderr = Some(out.stderr.bytes);
+        outcome
+    }
+
+    fn normalise(
+        &self,
+        req: &StepRequest,
+        exit: &ExitKind,
+        parsed: &Parsed,
+        out: &exec::ExecOutput,
+        stderr: &str,
+    ) -> StepOutcome {
+        let name = &self.spec.name;
+        let step = &req.step;
+        let with_details = |mut o: StepOutcome, class: Option<FailureClass>| {
+            if let Some(e) = o.error.as_mut() {
+                e.details.insert("exit".into(), json!(exit.to_string()));
+                if let Some(s) = &parsed.session_id {
+                    e.details.insert("session_id".into(), json!(s));
+                }
+                if let Some(k) = &parsed.error_kind {
+                    e.details.insert("agent_error_kind".into(), json!(k));
+                }
+                if let Some(c) = class {
+                    let c = if c == FailureClass::Retryable {
+                        "retryable"
+                    } else {
+                        "fatal"
+                    };
+                    e.details.insert("class".into(), json!(c));
+                }
+            }
+            o
+        };
+        match exit {
+            ExitKind::TimedOut => {
+                return with_details(
+                    StepOutcome::failure(
+                        Status::Timeout,
+                        ErrorInfo::new(
+                            "timeout",
+                            format!("{name} ran longer than timeout_sec={}", step.timeout_sec),
+                        ),
+                    ),
+                    None,
+                );
+            }
+            ExitKind::Cancelled => {
+                return StepOutcome::cancelled(format!(
+                    "{name} was stopped: the attempt was cancelled"
+                ));
+            }
+            _ => {}
+        }
+        let failed = |class: FailureClass, code: &str, msg: String| {
+            let status = match class {
+                FailureClass::Retryable => Status::Retryable,
+                FailureClass::Fatal => Status::Failed,
+            };
+            let mut o = StepOutcome::failure(status, ErrorInfo::new(code, msg.clone()));
+            o.summary = one_line(&msg, 200);
+            o.report_md = format!(
+                "# Step {} ({}:{})\n\n**{}** — {}\n",
+                step.step_id, name, step.role, status, msg
+            );
+            with_details(o, Some(class))
+        };
+        if let Some(err) = &parsed.error {
+            let class = output::classify(parsed.error_kind.as_deref(), &format!("{err}\n{stderr}"));
+            return failed(
+                class,
+                "agent_error",
+                format!("{name} reported an error: {}", one_line(err, 500)),
+            );
+        }
+        if !exit.success() {
+            let class = output::classify_crash(stderr);
+            let code = if class == FailureClass::Retryable {
+                "agent_crashed"
+            } else {
+                "agent_failed"
+            };
+            let first = stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("no error output");
+            return failed(
+                class,
+                code,
+                format!("{name} ended with {exit}: {}", one_line(first, 300)),
+            );
+        }
+        let Some(result) = &parsed.result else {
+            if out.stdout.truncated {
+                return failed(
+                    FailureClass::Fatal,
+                    "output_too_large",
+                    format!(
+                        "{name} printed {} bytes, more than MAX_SUBPROCESS_OUTPUT_CHARS={}, and its result could not be read; hint: raise MAX_SUBPROCESS_OUTPUT_CHARS",
+                        out.stdout.total_bytes, self.cfg.exec.max_output_chars
+                    ),
+                );
+            }
+            return failed(
+                FailureClass::Retryable,
+                "no_result",
+                format!(
+                    "{name} exited 0 but printed no result ({} format)",
+                    self.spec.format.as_str()
+                ),
+            );
+        };
+        let mut o = StepOutcome::new(Status::Success, one_line(result, 200));
+        o.report_md = format!(
+            "# Step {} ({}:{})\n\n{}\n",
+            step.step_id,
+            name,
+            step.role,
+            result.trim_end()
+        );
+        o
+    }
+}
+
+fn base_metrics(elapsed: Duration) -> serde_json::Map<String, Value> {
+    let mut m = serde_json::Map::new();
+    m.insert("duration_ms".into(), json!(elapsed.as_millis() as u64));
+    m.insert("simulated".into(), json!(false));
+    m
+}
+
+/// The `{allowed_tools}` value: known tool names from the step (unknown
+/// ones dropped with a warning); read-only roles get at most
+/// Read, Grep, Glob.
+fn allowed_tools(
+    requested: Option<&[String]>,
+    read_only: bool,
+    logs: &mut String,
+) -> Option<String> {
+    let known: Option<Vec<String>> = requested.map(|r| {
+        r.iter()
+            .filter(|t| {
+                let base = t.split('(').next().unwrap_or("");
+                let ok = agents::CLAUDE_TOOLS.contains(&base);
+                if !ok {
+                    let _ = writeln!(
+                        logs,
+                        "[real] warning: unknown tool {t:?} dropped from allowed_tools"
+                    );
+                }
+                ok
+            })
+            .cloned()
+            .collect()
+    });
+    if read_only {
+        let tools: Vec<String> = match known {
+            Some(k) => k
+                .into_iter()
+                .filter(|t| READ_ONLY_TOOLS.contains(&t.as_str()))
+                .collect(),
+            None => Vec::new(),
+        };
+        let tools = if tools.is_empty() {
+            READ_ONLY_TOOLS.iter().map(|s| (*s).to_owned()).collect()
+        } else {
+            tools
+        };
+        return Some(tools.join(","));
+    }
+    known.filter(|k| !k.is_empty()).map(|k| k.join(","))
+}
+
+fn one_line(s: &str, max: usize) -> String {
+    let line = s
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    let mut out: String = line.chars().take(max).collect();
+    if out.len() < line.len() {
+        out.push('…');
+    }
+    out
+}
+
+impl Worker for RealAgent {
+    fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    fn run<'a>(&'a self, req: &'a StepRequest, cancel: CancellationToken) -> WorkerFuture<'a> {
+        Box::pin(self.execute(req, cancel))
+    }
+}
+
+impl From<ExecError> for ErrorInfo {
+    fn from(e: ExecError) -> Self {
+        ErrorInfo::new(e.code(), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_compare_numerically() {
+        assert!(Version::parse("1.10.0") > Version::parse("1.9.3"));
+        assert_eq!(Version::parse("2.0"), Version::parse("2.0.0"));
+        assert_eq!(
+            Version::find("2.0.14 (Claude Code)"),
+            Version::parse("2.0.14")
+        );
+        assert_eq!(Version::find("codex-cli 0.46.0"), Version::parse("0.46.0"));
+        assert_eq!(Version::find("no digits"), None);
+    }
+
+    #[test]
+    fn reviewer_tools_are_read_only() {
+        let mut logs = String::new();
+        assert_eq!(
+            allowed_tools(None, true, &mut logs).as_deref(),
+            Some("Read,Grep,Glob")
+        );
+        let req = vec![
+            "Read".to_owned(),
+            "Write".to_owned(),
+            "Frobnicate".to_owned(),
+        ];
+        assert_eq!(
+            allowed_tools(Some(&req), true, &mut logs).as_deref(),
+            Some("Read")
+        );
+        assert_eq!(
+            allowed_tools(Some(&req), false, &mut logs).as_deref(),
+            Some("Read,Write")
+        );
+        assert!(logs.contains("Frobnicate"));
+        assert_eq!(allowed_tools(None, false, &mut logs), None);
+    }
+}
