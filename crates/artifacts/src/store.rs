@@ -239,37 +239,60 @@ impl JobArtifacts {
         self.check_job_id(STATE_JSON, &state.job_id, "job_id")?;
         self.ensure_dir(&[])?;
         self.ensure_dir(&[STEPS_DIR])?;
-        self.write_job(job)?;
-        self.write_state(state)?;
-        if self.read_context()?.is_none() {
-            self.write_context(&ContextDoc {
-                strategy: job.context_strategy,
-                messages: job.context_window.clone(),
-                updated_at: now_rfc3339(),
-            })?;
-        }
-        for name in [REPORT_MD, PATCH_DIFF, LOGS_TXT] {
-            self.ensure_file(&[name], b"")?;
-        }
         let result = match self.read_result() {
+            Ok(Some(r)) if r.kind == ResultKind::Job && r.status == Status::Running => None,
             Ok(Some(mut r)) if r.kind == ResultKind::Job => {
-                if r.status == Status::Running {
-                    return Ok(());
-                }
                 r.status = Status::Running;
                 r.finished_at = String::new();
                 r.summary = format!("job {} running again", self.job_id());
                 r.error = None;
-                r
+                Some(r)
             }
-            Ok(_) => running_job_result(self.job_id()),
+            Ok(_) => Some(running_job_result(self.job_id())),
             Err(e) if e.is_invalid_path() || matches!(e, ArtifactError::Json { .. }) => {
                 tracing::warn!(error = %e, "replacing unusable job result.json");
-                running_job_result(self.job_id())
+                Some(running_job_result(self.job_id()))
             }
             Err(e) => return Err(e),
         };
-        self.write_result(&result)
+        // One batch, one directory fsync: the documents first, the empty
+        // aggregates as placeholders (kept on resume).
+        use durable::Place::{IfAbsent, Replace};
+        let job_bytes = self.json_bytes(&[JOB_JSON], job)?;
+        let state_bytes = self.json_bytes(&[STATE_JSON], state)?;
+        let ctx_bytes = match self.read_context()? {
+            Some(_) => None,
+            None => Some(self.json_bytes(
+                &[CONTEXT_JSON],
+                &ContextDoc {
+                    strategy: job.context_strategy,
+                    messages: job.context_window.clone(),
+                    updated_at: now_rfc3339(),
+                },
+            )?),
+        };
+        let result_bytes = match &result {
+            Some(r) => {
+                let mut r = r.clone();
+                r.artifacts = job_result_paths();
+                Some(self.json_bytes(&[RESULT_JSON], &r)?)
+            }
+            None => None,
+        };
+        let mut files: Vec<(&str, &[u8], durable::Place)> = vec![
+            (JOB_JSON, &job_bytes, Replace),
+            (STATE_JSON, &state_bytes, Replace),
+            (REPORT_MD, b"", IfAbsent),
+            (PATCH_DIFF, b"", IfAbsent),
+            (LOGS_TXT, b"", IfAbsent),
+        ];
+        if let Some(b) = &ctx_bytes {
+            files.push((CONTEXT_JSON, b, Replace));
+        }
+        if let Some(b) = &result_bytes {
+            files.push((RESULT_JSON, b, Replace));
+        }
+        self.write_batch(&[], &files)
     }
 
     /// Rewrites `job.json`.
@@ -326,11 +349,18 @@ impl JobArtifacts {
         self.ensure_dir(&[])?;
         self.ensure_dir(&[STEPS_DIR])?;
         self.ensure_dir(&[STEPS_DIR, id])?;
-        for name in [REPORT_MD, PATCH_DIFF, LOGS_TXT] {
-            self.ensure_file(&[STEPS_DIR, id, name], b"")?;
-        }
         let result = running_step_result(self.job_id(), step, attempt);
-        self.write_json(&[STEPS_DIR, id, RESULT_JSON], &result)?;
+        let bytes = self.json_bytes(&[STEPS_DIR, id, RESULT_JSON], &result)?;
+        use durable::Place::{IfAbsent, Replace};
+        self.write_batch(
+            &[STEPS_DIR, id],
+            &[
+                (REPORT_MD, b"", IfAbsent),
+                (PATCH_DIFF, b"", IfAbsent),
+                (LOGS_TXT, b"", IfAbsent),
+                (RESULT_JSON, &bytes, Replace),
+            ],
+        )?;
         Ok(result)
     }
 
@@ -351,15 +381,21 @@ impl JobArtifacts {
         self.ensure_dir(&[])?;
         self.ensure_dir(&[STEPS_DIR])?;
         self.ensure_dir(&[STEPS_DIR, id])?;
-        self.write_bytes(&[STEPS_DIR, id, REPORT_MD], out.report_md.as_bytes())?;
-        self.write_bytes(&[STEPS_DIR, id, PATCH_DIFF], out.patch_diff.as_bytes())?;
-        self.write_bytes(&[STEPS_DIR, id, LOGS_TXT], out.logs_txt.as_bytes())?;
+        // The content files in one batch, then result.json on its own: a
+        // final result on disk implies the files it describes are complete.
+        use durable::Place::Replace;
+        let mut files: Vec<(&str, &[u8], durable::Place)> = vec![
+            (REPORT_MD, out.report_md.as_bytes(), Replace),
+            (PATCH_DIFF, out.patch_diff.as_bytes(), Replace),
+            (LOGS_TXT, out.logs_txt.as_bytes(), Replace),
+        ];
         for (name, raw) in [(RAW_STDOUT, &out.raw_stdout), (RAW_STDERR, &out.raw_stderr)] {
             match raw {
-                Some(bytes) => self.write_bytes(&[STEPS_DIR, id, name], bytes)?,
+                Some(bytes) => files.push((name, bytes, Replace)),
                 None => durable::remove_file(&join(self.dir(), &[STEPS_DIR, id, name]))?,
             }
         }
+        self.write_batch(&[STEPS_DIR, id], &files)?;
         let mut result = out.result.clone();
         result.artifacts = step_result_paths(step_id);
         self.write_json(&[STEPS_DIR, id, RESULT_JSON], &result)
@@ -425,9 +461,15 @@ impl JobArtifacts {
             push_section(&mut logs, &self.aggregate_part(&id, LOGS_TXT));
         }
         self.ensure_dir(&[])?;
-        self.write_bytes(&[REPORT_MD], report.as_bytes())?;
-        self.write_bytes(&[PATCH_DIFF], patch.as_bytes())?;
-        self.write_bytes(&[LOGS_TXT], logs.as_bytes())?;
+        use durable::Place::Replace;
+        self.write_batch(
+            &[],
+            &[
+                (REPORT_MD, report.as_bytes(), Replace),
+                (PATCH_DIFF, patch.as_bytes(), Replace),
+                (LOGS_TXT, logs.as_bytes(), Replace),
+            ],
+        )?;
         self.write_result(result)
     }
 
@@ -532,29 +574,49 @@ impl JobArtifacts {
         Ok(())
     }
 
-    /// Creates a file with `default` content unless a regular file is
-    /// already there. A symlink planted at the name is replaced by a real
-    /// file (the link is swapped out by the rename; its target is untouched).
-    fn ensure_file(&self, parts: &[&str], default: &[u8]) -> Result<()> {
-        let path = self.checked_path(parts)?;
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.is_file() => Ok(()),
-            Ok(m) if m.file_type().is_symlink() => {
-                tracing::warn!(path = %path.display(), "replacing symlink planted in the artifacts tree");
-                durable::write_file(&path, default)?;
-                Ok(())
-            }
-            Ok(_) => Err(ArtifactError::WrongType {
-                path,
-                what: "is not a regular file",
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // `false` means someone created it meanwhile: fine, it exists.
-                durable::write_file_new(&path, default)?;
-                Ok(())
-            }
-            Err(e) => Err(ArtifactError::io("stat", &path, e)),
+    /// Publishes several files into the directory `dir` (parts relative to
+    /// the job dir) with one directory fsync. `IfAbsent` entries are
+    /// placeholders: kept when a regular file exists, but a symlink planted
+    /// at the name is replaced, never followed or kept.
+    fn write_batch(&self, dir: &[&str], files: &[(&str, &[u8], durable::Place)]) -> Result<()> {
+        let mut probe: Vec<&str> = dir.to_vec();
+        probe.push("_");
+        self.checked_path(&probe)?;
+        let dir_path = join(self.dir(), dir);
+        let mut planned: Vec<(&str, &[u8], durable::Place)> = Vec::with_capacity(files.len());
+        for (name, data, place) in files {
+            let path = dir_path.join(name);
+            let place = match (place, std::fs::symlink_metadata(&path)) {
+                (_, Ok(m)) if m.is_dir() => {
+                    return Err(ArtifactError::WrongType {
+                        path,
+                        what: "is a directory, not a file",
+                    });
+                }
+                (durable::Place::IfAbsent, Ok(m)) if m.file_type().is_symlink() => {
+                    tracing::warn!(path = %path.display(), "replacing symlink planted in the artifacts tree");
+                    durable::Place::Replace
+                }
+                (durable::Place::IfAbsent, Ok(m)) if !m.is_file() => {
+                    return Err(ArtifactError::WrongType {
+                        path,
+                        what: "is not a regular file",
+                    });
+                }
+                (p, _) => *p,
+            };
+            planned.push((name, data, place));
         }
+        durable::write_batch(&dir_path, &planned)?;
+        Ok(())
+    }
+
+    fn json_bytes<T: Serialize>(&self, parts: &[&str], value: &T) -> Result<Vec<u8>> {
+        let path = join(self.dir(), parts);
+        let mut data = serde_json::to_vec_pretty(value)
+            .map_err(|source| ArtifactError::Json { path, source })?;
+        data.push(b'\n');
+        Ok(data)
     }
 
     fn write_json<T: Serialize>(&self, parts: &[&str], value: &T) -> Result<()> {

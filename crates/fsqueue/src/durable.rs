@@ -103,6 +103,57 @@ pub fn write_file_new(path: &Path, data: &[u8]) -> Result<bool> {
     }
 }
 
+/// How `write_batch` places one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// Replace whatever is there.
+    Replace,
+    /// Only if nothing exists at the name yet (placeholders).
+    IfAbsent,
+}
+
+/// Durably publishes several files into one directory at the cost of one
+/// directory fsync: every temp file is written and fsynced, then all are
+/// renamed into place in order, then the directory is fsynced once. Same
+/// guarantee per file as `write_file`; a crash may leave any prefix of the
+/// batch published, so callers that need "A implies B" publish B in a later
+/// batch (or call).
+pub fn write_batch(dir: &Path, files: &[(&str, &[u8], Place)]) -> Result<()> {
+    let mut staged: Vec<(PathBuf, PathBuf, Place)> = Vec::with_capacity(files.len());
+    let cleanup = |staged: &[(PathBuf, PathBuf, Place)]| {
+        for (tmp, _, _) in staged {
+            let _ = std::fs::remove_file(tmp);
+        }
+    };
+    for (name, data, place) in files {
+        let path = dir.join(name);
+        match write_temp(&path, data, FILE_MODE) {
+            Ok(tmp) => staged.push((tmp, path, *place)),
+            Err(e) => {
+                cleanup(&staged);
+                return Err(e);
+            }
+        }
+    }
+    for (i, (tmp, path, place)) in staged.iter().enumerate() {
+        let res = match place {
+            Place::Replace => std::fs::rename(tmp, path),
+            Place::IfAbsent => match rename_noreplace_raw(tmp, path) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let _ = std::fs::remove_file(tmp);
+                    Ok(())
+                }
+                r => r,
+            },
+        };
+        if let Err(e) = res {
+            cleanup(&staged[i..]);
+            return Err(DurableError::new("rename", path, e));
+        }
+    }
+    fsync_dir(dir)
+}
+
 /// Writes and fsyncs a temporary sibling of `path`, returning its path.
 fn write_temp(path: &Path, data: &[u8], mode: u32) -> Result<PathBuf> {
     let dir = parent_of(path);
@@ -262,6 +313,31 @@ mod tests {
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o640
         );
+    }
+
+    #[test]
+    fn batch_publishes_all_and_keeps_existing_placeholders() {
+        let d = tempfile::tempdir().unwrap();
+        write_file(&d.path().join("keep"), b"old").unwrap();
+        write_batch(
+            d.path(),
+            &[
+                ("a", b"1", Place::Replace),
+                ("keep", b"new", Place::IfAbsent),
+                ("b", b"2", Place::IfAbsent),
+            ],
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(d.path().join("a")).unwrap(), b"1");
+        assert_eq!(std::fs::read(d.path().join("keep")).unwrap(), b"old");
+        assert_eq!(std::fs::read(d.path().join("b")).unwrap(), b"2");
+        let names: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        // A missing directory fails cleanly and leaves nothing behind.
+        assert!(write_batch(&d.path().join("nope"), &[("x", b"1", Place::Replace)]).is_err());
     }
 
     #[test]

@@ -395,7 +395,7 @@ impl JobRun {
                 sid.clone(),
                 StepState {
                     status: Status::Running,
-                    attempt: 0,
+                    attempt: 1,
                     agent: step.agent.clone(),
                     role: step.role.clone(),
                     started_at: Some(started_at.clone()),
@@ -425,10 +425,13 @@ impl JobRun {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            if let Some(s) = self.state().steps.get_mut(&sid) {
-                s.attempt = attempt;
+            // The first attempt was announced with the step itself.
+            if attempt > 1 {
+                if let Some(s) = self.state().steps.get_mut(&sid) {
+                    s.attempt = attempt;
+                }
+                self.save_state()?;
             }
-            self.save_state()?;
             let req = StepRequest {
                 job_id: self.job.job_id.clone(),
                 step: step.clone(),
