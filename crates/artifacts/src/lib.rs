@@ -26,6 +26,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod control;
 mod error;
 pub mod layout;
 mod nofollow;

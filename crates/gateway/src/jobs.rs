@@ -388,39 +388,25 @@ fn act(
     if !p.projects.allows(project.flatten().as_deref()) {
         return Err(not_found());
     }
-    let (from, to, reset): (&[State], State, bool) = match action {
-        "approve" => (&[State::AwaitingApproval], State::Pending, false),
-        "reject" => (&[State::AwaitingApproval], State::Failed, false),
-        "cancel" => (
-            &[State::Pending, State::AwaitingApproval],
-            State::Failed,
-            false,
-        ),
-        _ => (&[State::Failed], State::Pending, true),
+    let Some(act) = artifacts::control::Action::parse(action) else {
+        return Err(not_found());
     };
-    let res = app.queue.transition(id.as_str(), from, to, reset);
-    match res {
-        Ok(new) => Ok((
+    // One shared implementation with `orch`: the queue move, plus the
+    // artifacts record for moves that end the job.
+    match artifacts::control::apply(&app.queue, &app.store, id, act) {
+        Ok(artifacts::control::Outcome::Moved(new)) => Ok((
             StatusCode::OK,
             json!({ "job_id": id.as_str(), "action": action, "state": new.state.dir_name() }),
         )),
         // A running job is cancelled by its runner, which stops the agent
         // and finishes the job as cancelled.
-        Err(QueueError::WrongState {
-            actual: State::Running,
-            ..
-        }) if action == "cancel" => {
-            app.queue
-                .request(id.as_str(), "cancel")
-                .map_err(storage_error)?;
-            Ok((
-                StatusCode::ACCEPTED,
-                json!({
-                    "job_id": id.as_str(), "action": action, "state": "running",
-                    "cancel_requested": true,
-                }),
-            ))
-        }
+        Ok(artifacts::control::Outcome::CancelRequested) => Ok((
+            StatusCode::ACCEPTED,
+            json!({
+                "job_id": id.as_str(), "action": action, "state": "running",
+                "cancel_requested": true,
+            }),
+        )),
         Err(QueueError::WrongState {
             actual, expected, ..
         }) => Err(ApiError::new(
