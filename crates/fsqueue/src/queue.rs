@@ -157,12 +157,15 @@ impl Queue {
     }
 
     fn publish(&self, entry: &Entry, doc: &[u8], state: State) -> Result<Located> {
-        // Staged in tmp/ and moved in, so a watcher of pending/ only ever
-        // sees complete files appear (one IN_MOVED_TO event).
-        let staged = self.root.join(TMP_DIR).join(entry.file_name());
-        durable::write_file(&staged, doc)?;
+        // Written as a temp file inside the state directory and renamed into
+        // place (no-replace): watchers ignore temp names, so they only ever
+        // see a complete file appear, and one directory fsync suffices.
         let path = self.dir(state).join(entry.file_name());
-        durable::move_noreplace(&staged, &path)?;
+        if !durable::write_file_new(&path, doc)? {
+            return Err(QueueError::Duplicate {
+                job_id: entry.job_id.clone(),
+            });
+        }
         Ok(Located {
             state,
             entry: entry.clone(),
