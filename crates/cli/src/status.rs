@@ -192,6 +192,15 @@ pub fn list(ctx: &Ctx, state: Option<&str>, limit: usize, as_json: bool) -> Resu
     Ok(0)
 }
 
+/// `orch logs`: every step's `logs.txt` in job order (or one step's), each
+/// under a `==> steps/<id>/logs.txt <==` header.
+///
+/// With `-f` it follows the job until it ends or parks: step transitions
+/// (`running`, attempts, outcomes) are reported on stderr as `state.json`
+/// changes, and each step's logs are printed as soon as the step publishes
+/// them. A step that runs again (retry, `goto`, resume) republishes its
+/// logs; they are printed again under a `(again)` header rather than
+/// spliced by byte offset into the old ones.
 pub fn logs(ctx: &Ctx, id: &str, step: Option<&str>, follow: bool) -> Result<u8, CliError> {
     let job_id = parse_id(id)?;
     let step_id = step
@@ -225,34 +234,76 @@ pub fn logs(ctx: &Ctx, id: &str, step: Option<&str>, follow: bool) -> Result<u8,
             }
         }
     };
-    let mut printed: std::collections::HashMap<String, usize> = Default::default();
+    // What was printed of each file, to print only what is new.
+    let mut printed: std::collections::HashMap<String, Vec<u8>> = Default::default();
+    // The last (status, attempt) reported of each step.
+    let mut reported: std::collections::HashMap<String, (contracts::Status, u32)> =
+        Default::default();
     let mut out = std::io::stdout().lock();
     loop {
+        // Read the state before the files, so a job found terminal below
+        // has had its final logs printed in this very round.
+        let state = queue.find(job_id.as_str())?.map(|l| l.state);
+        if follow && let Some(st) = arts.read_state().ok().flatten() {
+            for (sid, s) in &st.steps {
+                if step_id.as_ref().is_some_and(|want| want.as_str() != sid) {
+                    continue;
+                }
+                let now = (s.status, s.attempt);
+                if reported.get(sid) != Some(&now) {
+                    eprintln!("[orch] step {sid}: {} (attempt {})", s.status, s.attempt);
+                    reported.insert(sid.clone(), now);
+                }
+            }
+        }
         for rel in files(&arts) {
             let Ok(read) = arts.read_file(&rel, 64 * 1024 * 1024) else {
                 continue;
             };
             let bytes = read.data;
-            let seen = printed.entry(rel.clone()).or_insert(0);
-            if bytes.len() > *seen {
-                if *seen == 0 && step_id.is_none() {
-                    let _ = writeln!(out, "==> {rel} <==");
-                }
-                let _ = out.write_all(&bytes[*seen..]);
-                let _ = out.flush();
-                *seen = bytes.len();
+            let seen = printed.entry(rel.clone()).or_default();
+            if bytes == *seen {
+                continue;
             }
+            let (header, new): (Option<String>, &[u8]) = if seen.is_empty() {
+                (Some(format!("==> {rel} <==")), &bytes)
+            } else if bytes.starts_with(seen) {
+                (None, &bytes[seen.len()..])
+            } else {
+                (Some(format!("==> {rel} (again) <==")), &bytes)
+            };
+            if let Some(h) = header
+                && (step_id.is_none() || follow)
+            {
+                let _ = writeln!(out, "{h}");
+            }
+            let _ = out.write_all(new);
+            let _ = out.flush();
+            *seen = bytes;
         }
         if !follow {
             return Ok(0);
         }
-        let state = queue.find(job_id.as_str())?.map(|l| l.state);
         if matches!(
             state,
             Some(State::Done) | Some(State::Failed) | Some(State::AwaitingApproval) | None
         ) {
+            let status = arts
+                .read_state()
+                .ok()
+                .flatten()
+                .map(|s| s.status.as_str().to_owned())
+                .unwrap_or_else(|| "unknown".into());
+            eprintln!(
+                "[orch] job {job_id} {}: status {status}",
+                match state {
+                    Some(State::AwaitingApproval) => "is waiting for approval",
+                    Some(State::Done) | Some(State::Failed) => "ended",
+                    _ => "is no longer in the queue",
+                }
+            );
             return Ok(0);
         }
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(200));
     }
 }

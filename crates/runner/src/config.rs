@@ -61,6 +61,11 @@ pub struct Config {
     pub secrets_fail: bool,
     /// Values of `SENSITIVE_ENV_VARS` (name, value), redacted from artifacts.
     pub sensitive_env: Vec<(String, String)>,
+    /// `CALLBACK_SECRET`: key of the callbacks' `X-Orch-Signature-256`.
+    pub callback_secret: Option<String>,
+    /// `CALLBACK_ALLOW_PRIVATE=1`: callbacks may reach loopback, link-local
+    /// and private addresses.
+    pub callback_allow_private: bool,
     /// The resolved environment, for the parts (agents, sandbox) configured
     /// by the workers crate.
     pub env: ev::EnvSource,
@@ -143,6 +148,8 @@ impl Config {
                 .into_iter()
                 .filter_map(|name| env.raw(&name).map(|v| (name.clone(), v.to_owned())))
                 .collect(),
+            callback_secret: env.get_str(&ev::CALLBACK_SECRET)?.filter(|s| !s.is_empty()),
+            callback_allow_private: env.get_bool(&ev::CALLBACK_ALLOW_PRIVATE)?,
             env: env.clone(),
         })
     }

@@ -75,6 +75,8 @@ pub struct Ctx {
     pub queue: Queue,
     pub store: ArtifactStore,
     pub registry: Registry,
+    /// Callback POSTs in flight (background; see `callback`).
+    pub deliveries: crate::callback::Deliveries,
 }
 
 impl Ctx {
@@ -251,6 +253,9 @@ impl JobRun {
                 updated_at: now_rfc3339(),
             },
         };
+        // The submitted context_window is normalised by the strategy before
+        // the first step sees it (a no-op on an already normalised one).
+        apply_strategy(&mut context);
 
         let mut i = 0usize;
         let mut gotos = 0u32;
@@ -386,8 +391,17 @@ impl JobRun {
         let job_id = self.job.job_id.to_string();
         let sid = step.step_id.to_string();
         let started_at = now_rfc3339();
-        let prior_attempts = self.state().steps.get(&sid).map(|s| s.attempt).unwrap_or(0);
-        let _ = prior_attempts;
+        // Attempts are numbered across runs of the step: a step resumed
+        // after approval, a reaped claim, a shutdown or a `goto` continues
+        // from the attempts it already made, so `attempts` counts every
+        // attempt that really happened. Each run gets a fresh retry budget.
+        let base = self
+            .state()
+            .steps
+            .get(&sid)
+            .filter(|s| s.status != Status::Success)
+            .map(|s| s.attempt)
+            .unwrap_or(0);
         {
             let st = self.state();
             st.current_step = Some(sid.clone());
@@ -395,7 +409,7 @@ impl JobRun {
                 sid.clone(),
                 StepState {
                     status: Status::Running,
-                    attempt: 1,
+                    attempt: base + 1,
                     agent: step.agent.clone(),
                     role: step.role.clone(),
                     started_at: Some(started_at.clone()),
@@ -405,16 +419,49 @@ impl JobRun {
             );
         }
         self.save_state()?;
-        self.arts.begin_step(step, 1)?;
+        self.arts.begin_step(step, base + 1)?;
 
+        // Hand-off: what this step reads, and which patches it starts from.
+        let index = self.job.step_index(step.step_id.as_str()).unwrap_or(0);
+        let st = self.state().clone();
+        let inputs = crate::handoff::inputs(&self.job, index, &st, &self.arts);
+        let mut pre_logs = format!("[orch] {}\n", inputs.note);
+        let mut pre_failure: Option<StepOutcome> = None;
+        if !inputs.apply_patches_from.is_empty() {
+            let arts = self.arts.clone();
+            let work = self.work_dir.clone();
+            let scratch = state_dir.join("handoff");
+            let list = inputs.apply_patches_from.clone();
+            let applied = tokio::task::spawn_blocking(move || {
+                crate::handoff::apply_patches(&arts, &work, &scratch, &list)
+            })
+            .await?;
+            match applied {
+                Ok(lines) => {
+                    for l in lines {
+                        pre_logs.push_str(&format!("[orch] apply_patches_from: {l}\n"));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(job_id, step_id = %sid, code = %e.code, error = %e.message, "apply_patches_from failed");
+                    pre_logs.push_str(&format!("[orch] {}\n", e.message));
+                    // Not retryable: the same patches meet the same workspace.
+                    pre_failure = Some(StepOutcome::failure(Status::Failed, e));
+                }
+            }
+        }
+        let mut prompt_step = step.clone();
+        prompt_step.input_artifacts = inputs.input_artifacts;
         let prompt = prompt::build(
             &self.job,
-            step,
+            &prompt_step,
             &context.messages,
             &self.arts,
             self.ctx.cfg.input_limits,
             self.ctx.cfg.prompts_dir.as_deref(),
         );
+        // The snapshot is taken after the patches are applied, so this
+        // step's patch.diff holds only its own change.
         let work = self.work_dir.clone();
         let before = tokio::task::spawn_blocking(move || workers::Snapshot::take(&work)).await??;
 
@@ -424,9 +471,14 @@ impl JobRun {
         let mut outcome: StepOutcome;
         let mut attempt = 0u32;
         loop {
-            attempt += 1;
+            if let Some(f) = pre_failure.take() {
+                attempt = base + 1;
+                outcome = f;
+                break;
+            }
+            attempt = if attempt == 0 { base + 1 } else { attempt + 1 };
             // The first attempt was announced with the step itself.
-            if attempt > 1 {
+            if attempt > base + 1 {
                 if let Some(s) = self.state().steps.get_mut(&sid) {
                     s.attempt = attempt;
                 }
@@ -489,10 +541,10 @@ impl JobRun {
             }
             let retryable = matches!(outcome.status, Status::Retryable | Status::Timeout);
             tracing::info!(job_id, step_id = %sid, attempt, status = %outcome.status, "attempt finished");
-            if !retryable || attempt >= max_attempts {
+            if !retryable || attempt - base >= max_attempts {
                 break;
             }
-            let delay = backoff(step.retry_backoff_sec, attempt);
+            let delay = backoff(step.retry_backoff_sec, attempt - base);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = self.control.cancel.cancelled() => {}
@@ -519,6 +571,8 @@ impl JobRun {
             "changed"
         };
         let finished_at = now_rfc3339();
+        let mut outcome = outcome;
+        outcome.logs = format!("{pre_logs}{}", outcome.logs);
         let mut out = scrub(outcome, patch, &self.ctx.cfg.sensitive_env);
         let mut status = status;
         let secrets_check = if out.found.is_empty() {
@@ -754,6 +808,7 @@ impl JobRun {
             State::Failed
         };
         self.move_queue(to)?;
+        self.send_callback(&result);
         record_job_metrics(status, &result);
         tracing::info!(job_id = %self.job.job_id, status = %status, summary = %result.summary, "job finished");
         Ok(JobEnd::Finished(status))
@@ -769,6 +824,26 @@ impl JobRun {
             }
             Err(e) => Err(Box::new(e)),
         }
+    }
+
+    /// Starts the `callback_url` POST of a terminal (or parked) result in
+    /// the background; called only after the queue move, so the receiver
+    /// never hears of an outcome the queue does not show yet.
+    fn send_callback(&self, result: &ResultDoc) {
+        let Some(url) = self.job.callback_url.clone() else {
+            return;
+        };
+        let cfg = &self.ctx.cfg;
+        crate::callback::spawn(
+            &self.ctx.deliveries,
+            crate::callback::Settings {
+                secret: cfg.callback_secret.clone(),
+                allow_private: cfg.callback_allow_private,
+            },
+            self.arts.dir().to_path_buf(),
+            url,
+            result,
+        );
     }
 
     /// Parks the job in `awaiting_approval/` (needs_human / ask_human).
@@ -790,6 +865,7 @@ impl JobRun {
         self.arts.finish_job(&self.job, &result)?;
         self.save_state()?;
         self.move_queue(State::AwaitingApproval)?;
+        self.send_callback(&result);
         tracing::info!(job_id = %self.job.job_id, step_id = %step.step_id, "job parked for approval");
         Ok(JobEnd::Parked)
     }

@@ -7,8 +7,10 @@
 //! leases of running jobs, notices operator cancel requests and lost leases,
 //! and reaps claims abandoned by dead runners.
 
+pub mod callback;
 pub mod config;
 pub mod exec;
+pub mod handoff;
 pub mod prompt;
 
 use config::Config;
@@ -53,6 +55,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         queue: queue.clone(),
         registry,
         cfg,
+        deliveries: callback::Deliveries::default(),
     });
     let cfg = &ctx.cfg;
 
@@ -181,6 +184,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     } else {
         while tasks.join_next().await.is_some() {}
     }
+    // Callbacks of jobs that just ended: a stopping runner gives them its
+    // grace; a draining one lets them finish all their attempts.
+    let callback_wait = if stopping {
+        cfg.shutdown_grace.max(Duration::from_secs(1))
+    } else {
+        callback::ATTEMPT_TIMEOUT * (callback::ATTEMPTS + 2) + Duration::from_secs(20)
+    };
+    ctx.deliveries.drain(callback_wait).await;
     hb_stop.cancel();
     let _ = heartbeat.await;
     tracing::info!("runner stopped");

@@ -19,6 +19,12 @@
 //!   reaches everything the agent started: SIGTERM to the group, SIGKILL
 //!   after a grace, on cancel, timeout, or when the waiting future is
 //!   dropped (the runner's `tokio::time::timeout` drops it).
+//! - **an optional idle-output watchdog** (`idle_timeout`, from
+//!   `RUNNER_MAX_IDLE_SEC`): a child that writes nothing on either stream
+//!   for that long is stopped like a timed-out one and reported as
+//!   [`ExitKind::IdleTimedOut`]. Off by default, since some agents print
+//!   nothing until they are done (the MVP's fixed 120 s watchdog killed
+//!   them, defect 5).
 //! - **bytes, not lines**: both streams are read in chunks, so a 10 MB line
 //!   is just bytes (the MVP crashed on lines over 64 KiB, defect 5). Each
 //!   stream keeps its first `MAX_SUBPROCESS_OUTPUT_CHARS` characters plus a
@@ -289,6 +295,10 @@ pub struct ExecSpec {
     /// Wall-clock limit; on expiry the group is stopped and the status is
     /// [`ExitKind::TimedOut`].
     pub timeout: Option<Duration>,
+    /// Idle-output limit: when neither stream produced a byte for this
+    /// long, the group is stopped and the status is
+    /// [`ExitKind::IdleTimedOut`]. `None` = no watchdog.
+    pub idle_timeout: Option<Duration>,
     pub max_output_chars: usize,
     pub kill_grace: Duration,
 }
@@ -302,6 +312,7 @@ impl ExecSpec {
             env: Vec::new(),
             stdin: None,
             timeout: None,
+            idle_timeout: None,
             max_output_chars: 2_000_000,
             kill_grace: DEFAULT_KILL_GRACE,
         }
@@ -338,6 +349,9 @@ pub enum ExitKind {
     Signaled(i32),
     /// Stopped by orch because the spec's timeout expired.
     TimedOut,
+    /// Stopped by orch because the child printed nothing for the spec's
+    /// `idle_timeout`.
+    IdleTimedOut,
     /// Stopped by orch because the cancellation token fired.
     Cancelled,
 }
@@ -354,6 +368,7 @@ impl std::fmt::Display for ExitKind {
             Self::Exited(c) => write!(f, "exit code {c}"),
             Self::Signaled(s) => write!(f, "killed by signal {s}"),
             Self::TimedOut => f.write_str("timed out"),
+            Self::IdleTimedOut => f.write_str("stopped after printing nothing for too long"),
             Self::Cancelled => f.write_str("cancelled"),
         }
     }
@@ -503,13 +518,26 @@ impl Capture {
     }
 }
 
-async fn read_stream<R: AsyncRead + Unpin>(mut r: R, cap_chars: usize) -> Captured {
+/// Milliseconds since the child started at which it last wrote a byte on
+/// either stream (the idle watchdog's clock; shared by both readers).
+type LastOutput = std::sync::Arc<std::sync::atomic::AtomicU64>;
+
+async fn read_stream<R: AsyncRead + Unpin>(
+    mut r: R,
+    cap_chars: usize,
+    started: Instant,
+    last: LastOutput,
+) -> Captured {
     let mut cap = Capture::new(cap_chars);
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
         match r.read(&mut buf).await {
             Ok(0) => break,
-            Ok(n) => cap.push(&buf[..n]),
+            Ok(n) => {
+                let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                last.store(ms, std::sync::atomic::Ordering::Relaxed);
+                cap.push(&buf[..n]);
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => break,
         }
@@ -565,6 +593,8 @@ pub struct Running {
     stdout: tokio::task::JoinHandle<Captured>,
     stderr: tokio::task::JoinHandle<Captured>,
     timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
+    last_output: LastOutput,
     grace: Duration,
     started: Instant,
 }
@@ -617,12 +647,14 @@ pub fn spawn(spec: &ExecSpec) -> Result<Running, ExecError> {
         });
     }
     let cap = spec.max_output_chars;
+    let started = Instant::now();
+    let last_output = LastOutput::default();
     let stdout = match child.stdout.take() {
-        Some(s) => tokio::spawn(read_stream(s, cap)),
+        Some(s) => tokio::spawn(read_stream(s, cap, started, last_output.clone())),
         None => tokio::spawn(async { Captured::default() }),
     };
     let stderr = match child.stderr.take() {
-        Some(s) => tokio::spawn(read_stream(s, cap)),
+        Some(s) => tokio::spawn(read_stream(s, cap, started, last_output.clone())),
         None => tokio::spawn(async { Captured::default() }),
     };
     Ok(Running {
@@ -631,8 +663,10 @@ pub fn spawn(spec: &ExecSpec) -> Result<Running, ExecError> {
         stdout,
         stderr,
         timeout: spec.timeout,
+        idle_timeout: spec.idle_timeout,
+        last_output,
         grace: spec.kill_grace,
-        started: Instant::now(),
+        started,
     })
 }
 
@@ -650,6 +684,7 @@ impl Running {
                 None => std::future::pending().await,
             }
         };
+        let idle = idle_watch(self.idle_timeout, self.started, self.last_output.clone());
         let exit = tokio::select! {
             st = self.child.wait() => status_kind(st),
             () = cancel.cancelled() => {
@@ -659,6 +694,10 @@ impl Running {
             () = deadline => {
                 self.terminate().await;
                 ExitKind::TimedOut
+            }
+            () = idle => {
+                self.terminate().await;
+                ExitKind::IdleTimedOut
             }
         };
         // The main process is gone; give stragglers holding the pipes a
@@ -700,6 +739,26 @@ impl Running {
             let _ = killpg(pgid, Signal::SIGKILL);
             let _ = self.child.wait().await;
         }
+    }
+}
+
+/// Resolves once no output arrived for `limit` (never when `limit` is
+/// `None`). It sleeps until the earliest moment the limit could expire and
+/// re-checks, so an agent that keeps printing costs a wake-up per `limit`,
+/// not a poll loop.
+async fn idle_watch(limit: Option<Duration>, started: Instant, last: LastOutput) {
+    let Some(limit) = limit else {
+        return std::future::pending().await;
+    };
+    loop {
+        let last_ms = last.load(std::sync::atomic::Ordering::Relaxed);
+        let quiet_since = started + Duration::from_millis(last_ms);
+        let expires = quiet_since + limit;
+        let now = Instant::now();
+        if now >= expires {
+            return;
+        }
+        tokio::time::sleep(expires - now).await;
     }
 }
 
@@ -785,11 +844,35 @@ pub fn run_git(args: &[&OsStr], cwd: Option<&Path>) -> Result<Output, ExecError>
     run_program(OsStr::new("git"), args, cwd)
 }
 
+/// `run_git` confined to `dir`: git's repository discovery stops at `dir`
+/// (`GIT_CEILING_DIRECTORIES` = its parent), so a command run in a plain,
+/// non-git workspace that happens to live inside some other repository
+/// (`orch dev` in a checkout) acts on the workspace alone, never on the
+/// enclosing repository. Used to apply patches to a job's workspace.
+pub fn run_git_confined(args: &[&OsStr], dir: &Path) -> Result<Output, ExecError> {
+    let ceiling = dir.parent().unwrap_or(dir).display().to_string();
+    run_program_env(
+        OsStr::new("git"),
+        args,
+        Some(dir),
+        &[("GIT_CEILING_DIRECTORIES", ceiling.as_str())],
+    )
+}
+
 /// `run_git` with an explicit program (tests point it at a missing binary).
 pub(crate) fn run_program(
     program: &OsStr,
     args: &[&OsStr],
     cwd: Option<&Path>,
+) -> Result<Output, ExecError> {
+    run_program_env(program, args, cwd, &[])
+}
+
+fn run_program_env(
+    program: &OsStr,
+    args: &[&OsStr],
+    cwd: Option<&Path>,
+    extra_env: &[(&str, &str)],
 ) -> Result<Output, ExecError> {
     let path_var = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
     let program_path = Path::new(program);
@@ -811,6 +894,11 @@ pub(crate) fn run_program(
             ("LC_ALL", "C"),
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    env.extend(
+        extra_env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
     );
     run_sync(&resolved, args, cwd, &env)
 }

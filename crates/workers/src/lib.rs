@@ -20,6 +20,7 @@
 //! | `[sim:sleep=MS]` | work for MS milliseconds instead of the configured duration |
 //! | `[sim:hang]` | never finish until cancelled (for timeout and cancel tests) |
 //! | `[sim:no_changes]` | an implementer changes nothing |
+//! | `[sim:echo_prompt]` | the step's logs include the full prompt it received |
 //!
 //! Precedence: `needs_human` > `fatal` > `fail` > `fail_attempts`. Unknown
 //! markers are ignored and named in the step's logs. Cancellation during the

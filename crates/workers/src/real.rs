@@ -105,6 +105,9 @@ pub struct RealConfig {
     pub agents: Vec<AgentSpec>,
     /// Copied into each job's state directory before its first agent.
     pub state_seed_dir: Option<PathBuf>,
+    /// `RUNNER_MAX_IDLE_SEC`: stop an agent that printed nothing for this
+    /// long (status `timeout`, error code `idle_timeout`); `None` = off.
+    pub max_idle: Option<Duration>,
     /// Versions already checked, by (path, mtime, size): a binary that did
     /// not change is not run again for every job.
     versions: Mutex<HashMap<(PathBuf, i64, u64), Version>>,
@@ -178,6 +181,10 @@ impl RealConfig {
             };
         let config_path = contracts::config::path_opt(src, &ev::AGENTS_CONFIG)?;
         let file = agents::load_file(config_path.as_deref())?;
+        let max_idle = match src.get_u64_range(&ev::RUNNER_MAX_IDLE_SEC, 0, 86_400)? {
+            0 => None,
+            s => Some(Duration::from_secs(s)),
+        };
         Ok(Self {
             exec,
             sandbox_required,
@@ -188,6 +195,7 @@ impl RealConfig {
             non_git_status,
             agents: file.agents,
             state_seed_dir: file.state_seed_dir,
+            max_idle,
             versions: Mutex::new(HashMap::new()),
         })
     }
@@ -535,6 +543,7 @@ impl RealAgent {
         exec_spec.env = cfg.exec.child_env(&env_extra);
         exec_spec.stdin = stdin;
         exec_spec.timeout = Some(Duration::from_secs(u64::from(step.timeout_sec)));
+        exec_spec.idle_timeout = cfg.max_idle;
         exec_spec.max_output_chars = cfg.exec.max_output_chars;
         exec_spec.kill_grace = cfg.exec.kill_grace;
         let network = req.policy.network == NetworkPolicy::Allow || cfg.network_allow;
@@ -685,6 +694,21 @@ impl RealAgent {
                         ErrorInfo::new(
                             "timeout",
                             format!("{name} ran longer than timeout_sec={}", step.timeout_sec),
+                        ),
+                    ),
+                    None,
+                );
+            }
+            ExitKind::IdleTimedOut => {
+                let secs = self.cfg.max_idle.map_or(0, |d| d.as_secs());
+                return with_details(
+                    StepOutcome::failure(
+                        Status::Timeout,
+                        ErrorInfo::new(
+                            "idle_timeout",
+                            format!(
+                                "{name} printed nothing for {secs}s (RUNNER_MAX_IDLE_SEC={secs}) and was stopped"
+                            ),
                         ),
                     ),
                     None,

@@ -123,6 +123,14 @@ impl SimulatedAgent {
         for m in &d.ignored {
             let _ = writeln!(logs, "[sim] ignored unknown marker [sim:{m}]");
         }
+        if d.echo_prompt {
+            let _ = writeln!(
+                logs,
+                "[sim] prompt ({} bytes):\n{}\n[sim] end of prompt",
+                req.prompt.len(),
+                req.prompt.trim_end()
+            );
+        }
 
         let sleep_ms = d.sleep_ms.unwrap_or(self.step_ms);
         let interrupted = if d.hang {
@@ -344,6 +352,9 @@ pub struct SimDirectives {
     pub needs_human: bool,
     pub hang: bool,
     pub no_changes: bool,
+    /// `[sim:echo_prompt]`: copy the fully built prompt into the step's
+    /// logs, so tests can see what an agent would receive.
+    pub echo_prompt: bool,
     pub sleep_ms: Option<u64>,
     pub fail_attempts: Option<u32>,
     /// Markers that were not understood (reported in the step's logs).
@@ -385,6 +396,7 @@ impl SimDirectives {
                 ("needs_human", None) => self.needs_human = true,
                 ("hang", None) => self.hang = true,
                 ("no_changes", None) => self.no_changes = true,
+                ("echo_prompt", None) => self.echo_prompt = true,
                 ("sleep", Some(v)) if v.parse::<u64>().is_ok() => self.sleep_ms = v.parse().ok(),
                 ("fail_attempts", Some(v)) if v.parse::<u32>().is_ok() => {
                     self.fail_attempts = v.parse().ok();
