@@ -153,3 +153,14 @@ fn record(
         tracing::warn!(job_id = %job_id, error = %e, "job moved, but its artifacts could not be updated");
     }
 }
+
+/// Records in its artifacts why a job the reaper gave up on (a poison job,
+/// reclaimed more than `RUNNER_MAX_RECLAIMS` times) ended in `failed/`.
+/// Requeued outcomes need no record: the next runner resumes them.
+pub fn record_reaped(queue: &Queue, store: &ArtifactStore, outcome: &fsqueue::ReapOutcome) {
+    if let fsqueue::ReapOutcome::Failed { to, reason, .. } = outcome
+        && let Ok(id) = JobId::parse(&to.entry.job_id)
+    {
+        record(queue, store, &id, to, Status::Failed, "poison_job", reason);
+    }
+}

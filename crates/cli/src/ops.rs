@@ -3,8 +3,9 @@
 //! error (exit 3) when the job is not in a state that allows it.
 
 use crate::{CliError, Ctx, print_json};
-use contracts::{JobId, Status};
-use fsqueue::{Located, State};
+use artifacts::control::{self, Action, Outcome};
+use contracts::JobId;
+use fsqueue::State;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -12,82 +13,37 @@ fn id(s: &str) -> Result<JobId, CliError> {
     JobId::parse(s).map_err(|e| CliError::invalid(e.to_string()))
 }
 
-/// Records a terminal status decided outside a runner in the job's
-/// artifacts, so `status` and the API tell the truth.
-fn record(ctx: &Ctx, job_id: &JobId, loc: &Located, status: Status, code: &str, msg: &str) {
-    let queue = match ctx.queue() {
-        Ok(q) => q,
-        Err(_) => return,
-    };
-    let job: Option<contracts::Job> = queue
-        .read(loc)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let arts = ctx.store().job(job_id);
-    if let Err(e) = arts.record_terminal(job.as_ref(), status, code, msg) {
-        eprintln!("warning: the job moved, but its artifacts could not be updated: {e}");
-    }
-}
-
-pub fn approve(ctx: &Ctx, s: &str) -> Result<u8, CliError> {
-    let job_id = id(s)?;
-    ctx.queue()?.transition(
-        job_id.as_str(),
-        &[State::AwaitingApproval],
-        State::Pending,
-        false,
-    )?;
-    eprintln!("approved {job_id}: queued to resume where it paused");
-    Ok(0)
-}
-
-pub fn reject(ctx: &Ctx, s: &str) -> Result<u8, CliError> {
-    let job_id = id(s)?;
-    let to = ctx.queue()?.transition(
-        job_id.as_str(),
-        &[State::AwaitingApproval],
-        State::Failed,
-        false,
-    )?;
-    record(
-        ctx,
-        &job_id,
-        &to,
-        Status::Cancelled,
-        "rejected",
-        "rejected by an operator",
-    );
-    eprintln!("rejected {job_id}: it ends as cancelled");
-    Ok(0)
-}
-
-pub fn cancel(ctx: &Ctx, s: &str) -> Result<u8, CliError> {
+/// Applies an operator action through the implementation shared with the
+/// gateway (`artifacts::control`), and says what happened.
+pub fn act(ctx: &Ctx, s: &str, action: Action) -> Result<u8, CliError> {
     let job_id = id(s)?;
     let queue = ctx.queue()?;
-    let loc = queue
-        .find(job_id.as_str())?
-        .ok_or_else(|| CliError::not_found(format!("no job {job_id}")))?;
-    match loc.state {
-        State::Pending | State::AwaitingApproval => {
-            let to = queue.transition(
-                job_id.as_str(),
-                &[State::Pending, State::AwaitingApproval],
-                State::Failed,
-                false,
-            )?;
-            record(
-                ctx,
-                &job_id,
-                &to,
-                Status::Cancelled,
-                "cancelled",
-                "cancelled by an operator",
-            );
-            eprintln!("cancelled {job_id}");
-            Ok(0)
+    match control::apply(&queue, &ctx.store(), &job_id, action).map_err(|e| match e {
+        fsqueue::QueueError::WrongState { .. } => {
+            CliError::not_found(e.to_string()).hint(match action {
+                Action::Approve | Action::Reject => {
+                    "only jobs in awaiting_approval can be approved or rejected"
+                }
+                Action::Cancel => {
+                    "only pending, awaiting_approval or running jobs can be cancelled"
+                }
+                Action::Retry => "only failed (or cancelled) jobs can be retried",
+                Action::Unlock => "only running jobs can be unlocked",
+            })
         }
-        State::Running => {
-            queue.request(job_id.as_str(), "cancel")?;
+        e => e.into(),
+    })? {
+        Outcome::Moved(_) => {
+            let what = match action {
+                Action::Approve => "approved: queued to resume where it paused",
+                Action::Reject => "rejected: it ends as cancelled",
+                Action::Cancel => "cancelled",
+                Action::Retry => "re-queued: it resumes at its first unfinished step",
+                Action::Unlock => "unlocked: moved to failed",
+            };
+            eprintln!("{job_id} {what}");
+        }
+        Outcome::CancelRequested => {
             // The owning runner checks requests several times a second.
             let t0 = Instant::now();
             while t0.elapsed() < Duration::from_secs(10) {
@@ -95,7 +51,7 @@ pub fn cancel(ctx: &Ctx, s: &str) -> Result<u8, CliError> {
                     .find(job_id.as_str())?
                     .is_some_and(|l| l.state != State::Running)
                 {
-                    eprintln!("cancelled {job_id}");
+                    eprintln!("{job_id} cancelled");
                     return Ok(0);
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -103,38 +59,8 @@ pub fn cancel(ctx: &Ctx, s: &str) -> Result<u8, CliError> {
             eprintln!(
                 "cancel of {job_id} requested; its runner has not acted yet (it will when it next checks)"
             );
-            Ok(0)
         }
-        st => Err(CliError::not_found(format!(
-            "job {job_id} is {st}; only pending, awaiting_approval or running jobs can be cancelled"
-        ))),
     }
-}
-
-pub fn retry(ctx: &Ctx, s: &str) -> Result<u8, CliError> {
-    let job_id = id(s)?;
-    ctx.queue()?
-        .transition(job_id.as_str(), &[State::Failed], State::Pending, true)?;
-    eprintln!("re-queued {job_id}: it resumes at its first unfinished step");
-    Ok(0)
-}
-
-pub fn unlock(ctx: &Ctx, s: &str) -> Result<u8, CliError> {
-    let job_id = id(s)?;
-    let queue = ctx.queue()?;
-    let to = queue.transition(job_id.as_str(), &[State::Running], State::Failed, false)?;
-    // The owner finds its lease gone on its next renewal and stops the
-    // agent; the request makes it notice sooner.
-    let _ = queue.request(job_id.as_str(), "cancel");
-    record(
-        ctx,
-        &job_id,
-        &to,
-        Status::Failed,
-        "unlocked",
-        "forced to failed by `orch unlock`",
-    );
-    eprintln!("unlocked {job_id}: moved to failed");
     Ok(0)
 }
 
@@ -158,12 +84,9 @@ pub fn recover(ctx: &Ctx, as_json: bool) -> Result<u8, CliError> {
         .env
         .get_u64_range(&contracts::env::RUNNER_MAX_RECLAIMS, 0, 100)? as u32;
     let reaped = fsqueue::Reaper::new(queue.clone(), lease, max).reap()?;
+    let store = ctx.store();
     for o in &reaped {
-        if let fsqueue::ReapOutcome::Failed { to, reason, .. } = o
-            && let Ok(jid) = JobId::parse(&to.entry.job_id)
-        {
-            record(ctx, &jid, to, Status::Failed, "poison_job", reason);
-        }
+        control::record_reaped(&queue, &store, o);
     }
     let reaped_doc: Vec<_> = reaped
         .iter()

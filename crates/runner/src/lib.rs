@@ -311,24 +311,10 @@ async fn heartbeat_loop(
             if let Ok(Ok(outcomes)) = out {
                 for o in outcomes {
                     metrics::counter!("orch_leases_reaped_total").increment(1);
-                    if let fsqueue::ReapOutcome::Failed { reason, .. } = &o {
-                        record_poison(&ctx, o.job_id(), reason);
-                    }
+                    artifacts::control::record_reaped(&ctx.queue, &ctx.store, &o);
                 }
             }
         }
     }
     lock.clear_heartbeat();
-}
-
-/// A job reaped too often ends in `failed/`; record why in its artifacts so
-/// `orch status` and the API show an explicit error.
-pub fn record_poison(ctx: &Ctx, job_id: &str, reason: &str) {
-    let Ok(id) = contracts::JobId::parse(job_id) else {
-        return;
-    };
-    let arts = ctx.store.job(&id);
-    if let Err(e) = arts.record_terminal(None, contracts::Status::Failed, "poison_job", reason) {
-        tracing::warn!(job_id, error = %e, "could not record poison-job failure in artifacts");
-    }
 }

@@ -51,21 +51,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         match tokio::task::spawn_blocking(move || r.reap()).await {
             Ok(Ok(outcomes)) => {
                 for o in outcomes {
-                    if let fsqueue::ReapOutcome::Failed { to, reason, .. } = &o
-                        && let Ok(id) = contracts::JobId::parse(&to.entry.job_id)
-                    {
-                        let job: Option<contracts::Job> = std::fs::read(&to.path)
-                            .ok()
-                            .and_then(|b| serde_json::from_slice(&b).ok());
-                        if let Err(e) = store.job(&id).record_terminal(
-                            job.as_ref(),
-                            contracts::Status::Failed,
-                            "poison_job",
-                            reason,
-                        ) {
-                            tracing::warn!(job_id = %id, error = %e, "could not record poison job");
-                        }
-                    }
+                    artifacts::control::record_reaped(&reaper.queue, &store, &o);
                 }
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "reap pass failed"),
