@@ -239,6 +239,11 @@ impl JobArtifacts {
         self.check_job_id(STATE_JSON, &state.job_id, "job_id")?;
         self.ensure_dir(&[])?;
         self.ensure_dir(&[STEPS_DIR])?;
+        // Every step directory at once: one fsync of steps/ instead of one
+        // per step. Existing (possibly planted) entries are checked again
+        // by `begin_step` before use.
+        let ids: Vec<&str> = job.steps.iter().map(|s| s.step_id.as_str()).collect();
+        durable::create_subdirs(&join(self.dir(), &[STEPS_DIR]), &ids)?;
         let result = match self.read_result() {
             Ok(Some(r)) if r.kind == ResultKind::Job && r.status == Status::Running => None,
             Ok(Some(mut r)) if r.kind == ResultKind::Job => {
@@ -313,6 +318,19 @@ impl JobArtifacts {
 
     pub fn read_state(&self) -> Result<Option<JobState>> {
         self.read_json(&[STATE_JSON])
+    }
+
+    /// Rewrites `state.json` and `context.json` together (one directory
+    /// fsync), as at the end of every step.
+    pub fn write_state_and_context(&self, state: &JobState, ctx: &ContextDoc) -> Result<()> {
+        self.check_job_id(STATE_JSON, &state.job_id, "job_id")?;
+        let st = self.json_bytes(&[STATE_JSON], state)?;
+        let cx = self.json_bytes(&[CONTEXT_JSON], ctx)?;
+        use durable::Place::Replace;
+        self.write_batch(
+            &[],
+            &[(STATE_JSON, &st, Replace), (CONTEXT_JSON, &cx, Replace)],
+        )
     }
 
     pub fn write_context(&self, ctx: &ContextDoc) -> Result<()> {

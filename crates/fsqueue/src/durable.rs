@@ -177,7 +177,14 @@ fn write_temp(path: &Path, data: &[u8], mode: u32) -> Result<PathBuf> {
             f.write_all(data)
                 .map_err(|e| DurableError::new("write", &tmp, e))
         })
+        // An empty file has no data to order before its name: its inode is
+        // committed with the directory entry by the directory fsync that
+        // follows (ext4, xfs), so the file fsync is skipped for
+        // placeholders and id reservations.
         .and_then(|()| {
+            if data.is_empty() {
+                return Ok(());
+            }
             f.sync_all()
                 .map_err(|e| DurableError::new("fsync", &tmp, e))
         });
@@ -280,6 +287,29 @@ pub fn create_dir_all(dir: &Path) -> Result<()> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
         Err(e) => Err(DurableError::new("mkdir", dir, e)),
     }
+}
+
+/// Creates several subdirectories of an existing `parent` (those missing)
+/// with one fsync of `parent`.
+pub fn create_subdirs(parent: &Path, names: &[&str]) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut created = false;
+    for name in names {
+        let dir = parent.join(name);
+        match std::fs::DirBuilder::new().mode(DIR_MODE).create(&dir) {
+            Ok(()) => {
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(DIR_MODE))
+                    .map_err(|e| DurableError::new("chmod", &dir, e))?;
+                created = true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(DurableError::new("mkdir", &dir, e)),
+        }
+    }
+    if created {
+        fsync_dir(parent)?;
+    }
+    Ok(())
 }
 
 /// True for names that belong to in-flight temporary files.

@@ -661,8 +661,8 @@ impl JobRun {
                 },
             );
         }
-        self.save_state()?;
-        // Context: what was asked, and how it went.
+        // Context: what was asked, and how it went; published together with
+        // the step's final state.
         context.messages.push(ContextMessage {
             role: "user".into(),
             content: format!("[{sid}] {}", step.prompt),
@@ -675,7 +675,9 @@ impl JobRun {
         });
         apply_strategy(context);
         context.updated_at = now_rfc3339();
-        self.arts.write_context(context)?;
+        self.check_lease()?;
+        let st = self.state().clone();
+        self.arts.write_state_and_context(&st, context)?;
         Ok(result)
     }
 

@@ -432,7 +432,7 @@ fn writes_refuse_a_symlinked_steps_dir() {
     arts.init(&job, &state_fixture(&job)).unwrap();
     let elsewhere = tmp.path().join("elsewhere");
     std::fs::create_dir(&elsewhere).unwrap();
-    std::fs::remove_dir(arts.dir().join("steps")).unwrap();
+    std::fs::remove_dir_all(arts.dir().join("steps")).unwrap();
     symlink(&elsewhere, arts.dir().join("steps")).unwrap();
 
     let err = arts.begin_step(&job.steps[0], 1).unwrap_err();
@@ -452,7 +452,7 @@ fn a_symlink_planted_at_a_file_name_is_replaced_not_written_through() {
     let victim = tmp.path().join("victim");
     std::fs::write(&victim, "keep").unwrap();
     let step_dir = arts.step_dir(&job.steps[0].step_id);
-    std::fs::create_dir(&step_dir).unwrap();
+    std::fs::create_dir_all(&step_dir).unwrap();
     symlink(&victim, step_dir.join("logs.txt")).unwrap();
     std::fs::remove_file(arts.dir().join("state.json")).unwrap();
     symlink(&victim, arts.dir().join("state.json")).unwrap();
