@@ -63,7 +63,11 @@ fn tmp_name(final_name: &OsStr) -> String {
     // The final name is included (truncated) only to make stray temp files
     // recognisable; uniqueness comes from pid + counter.
     let stem: String = final_name.to_string_lossy().chars().take(40).collect();
-    format!("{TMP_PREFIX}{}-{n}-{stem}", std::process::id())
+    // The pid is read once: a syscall per temp file adds up at thousands
+    // of durable writes a second.
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let pid = *PID.get_or_init(std::process::id);
+    format!("{TMP_PREFIX}{pid}-{n}-{stem}")
 }
 
 /// Durably publishes `data` at `path` with mode `FILE_MODE`, replacing any

@@ -86,6 +86,7 @@ pub struct Settings {
 
 /// Starts delivering `result` to `url` in the background.
 pub fn spawn(
+    runtime: &tokio::runtime::Handle,
     deliveries: &Deliveries,
     settings: Settings,
     job_dir: PathBuf,
@@ -104,7 +105,7 @@ pub fn spawn(
     let mut set = deliveries.lock();
     // Finished deliveries are reaped here so the set does not grow.
     while set.try_join_next().is_some() {}
-    set.spawn(async move {
+    set.spawn_on(async move {
         let record = deliver(&settings, &url, &job_id, status, body).await;
         let delivered = record["delivered"].as_bool().unwrap_or(false);
         if delivered {
@@ -118,7 +119,7 @@ pub fn spawn(
         if let Err(e) = fsqueue::durable::write_file(&job_dir.join(CALLBACK_JSON), &bytes) {
             tracing::warn!(job_id, error = %e, "cannot record the callback outcome");
         }
-    });
+    }, runtime);
 }
 
 /// Delivers one POST with retries; returns the record for `callback.json`.

@@ -77,6 +77,9 @@ pub struct Ctx {
     pub registry: Registry,
     /// Callback POSTs in flight (background; see `callback`).
     pub deliveries: crate::callback::Deliveries,
+    /// The runner's main runtime: background work that must outlive a job
+    /// (callbacks) is spawned here, not on the job's own runtime.
+    pub runtime: tokio::runtime::Handle,
 }
 
 impl Ctx {
@@ -837,6 +840,7 @@ impl JobRun {
         };
         let cfg = &self.ctx.cfg;
         crate::callback::spawn(
+            &self.ctx.runtime,
             &self.ctx.deliveries,
             crate::callback::Settings {
                 secret: cfg.callback_secret.clone(),

@@ -56,6 +56,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         registry,
         cfg,
         deliveries: callback::Deliveries::default(),
+        runtime: tokio::runtime::Handle::current(),
     });
     let cfg = &ctx.cfg;
 
@@ -133,16 +134,32 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
                 let ended = job_ended.clone();
                 let span =
                     tracing::info_span!("job", job_id = %job_id, attempt = claim.loc.entry.attempt);
-                tasks.spawn(
-                    async move {
+                // Each job runs on its own thread with its own small
+                // runtime. A job's work is mostly blocking file I/O (durable
+                // writes: fsync); on the shared multi-threaded runtime such
+                // tasks piled up on one or two workers (a woken task runs
+                // where it was woken), so jobs did not overlap their fsyncs.
+                tasks.spawn_blocking(move || {
+                    let fut = async move {
                         let end = exec::run(ctx2, claim, control).await;
                         lock_active(&active2).remove(&job_id);
                         drop(permit);
                         ended.notify_one();
                         end
                     }
-                    .instrument(span),
-                );
+                    .instrument(span);
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt.block_on(fut),
+                        Err(e) => {
+                            // The claim stays in running/ and is reaped.
+                            tracing::error!(error = %e, "cannot start a job runtime");
+                            exec::JobEnd::Error
+                        }
+                    }
+                });
             }
             None => {
                 drop(permit);

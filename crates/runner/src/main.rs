@@ -19,6 +19,8 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e.to_string(), 2),
     };
     runner::config::install_metrics();
+    // The main runtime claims, renews leases and delivers callbacks; every
+    // job runs on a thread of its own (see `runner::run`).
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
