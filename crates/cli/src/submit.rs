@@ -200,13 +200,15 @@ fn progress_line(job: &Job, state: Option<State>, st: Option<&contracts::JobStat
         .values()
         .filter(|s| s.status == Status::Success)
         .count();
-    let cur = st.current_step.as_deref().unwrap_or("-");
-    let cur_state = st.current_step.as_ref().and_then(|c| st.steps.get(c));
-    let attempt = cur_state.map(|s| s.attempt).unwrap_or(0);
+    let state_name = state.map(|s| s.dir_name()).unwrap_or("?");
+    let current = st.current_step.as_ref().map(|c| {
+        let attempt = st.steps.get(c).map(|s| s.attempt).unwrap_or(1);
+        format!("; step {c} (attempt {attempt})")
+    });
     format!(
-        "[{}] {} — {done}/{total} steps done; current: {cur} (attempt {attempt}) {}",
-        state.map(|s| s.dir_name()).unwrap_or("?"),
+        "[{state_name}] {} — {done}/{total} steps done{} — {}",
         job.job_id,
+        current.unwrap_or_default(),
         st.status
     )
 }

@@ -215,3 +215,13 @@ pub async fn read_body(body: Incoming, limit: usize, timeout: Duration) -> Resul
         .header(header::CONNECTION, "close")),
     }
 }
+
+/// Runs file-system work (queue, artifacts: blocking, fsync-heavy) off the
+/// async workers.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| ApiError::internal("a storage task failed"))
+}

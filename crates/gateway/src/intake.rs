@@ -17,7 +17,7 @@ use crate::crypto::{ct_eq, hex, hmac_sha256, sha256, unhex};
 use crate::dedup::{self, ORPHAN_AGE, Record};
 use crate::github::{Outcome, map_event};
 use crate::http::{
-    ApiError, Body, check_declared_length, empty, json_response, read_body, require_json,
+    ApiError, Body, blocking, check_declared_length, empty, json_response, read_body, require_json,
 };
 use crate::ratelimit::client_key;
 use contracts::{EntryPoint, Job, normalize, parse_payload_bytes};
@@ -218,14 +218,6 @@ fn accepted(job_id: &str, state: &str, duplicate: bool) -> Response<Body> {
 fn durable_error(e: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %e, "could not make a job durable");
     ApiError::unavailable("the job could not be stored durably; nothing was queued, retry later")
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| ApiError::internal("a storage task failed"))
 }
 
 /// Enqueues `doc` durably.

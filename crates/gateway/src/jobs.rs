@@ -14,7 +14,7 @@
 
 use crate::app::App;
 use crate::auth::Principal;
-use crate::http::{ApiError, Body, json_response};
+use crate::http::{ApiError, Body, blocking, json_response};
 use contracts::{JobId, ResultDoc};
 use fsqueue::{Located, QueueError, State};
 use hyper::{Response, StatusCode};
@@ -106,14 +106,6 @@ fn not_found() -> ApiError {
 fn storage_error(e: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %e, "queue read failed");
     ApiError::unavailable("the queue could not be read")
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| ApiError::internal("a storage task failed"))
 }
 
 /// `GET /jobs/{id}`.
