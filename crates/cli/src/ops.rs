@@ -66,7 +66,8 @@ pub fn act(ctx: &Ctx, s: &str, action: Action) -> Result<u8, CliError> {
 
 pub fn recover(ctx: &Ctx, as_json: bool) -> Result<u8, CliError> {
     let queue = ctx.queue()?;
-    let agents: Vec<&str> = contracts::BUILTIN_AGENTS.to_vec();
+    let names = contracts::config::known_agents(&ctx.env)?;
+    let agents: Vec<&str> = names.iter().map(String::as_str).collect();
     let validate = |b: &[u8]| -> Result<(), String> {
         let v: serde_json::Value =
             serde_json::from_slice(b).map_err(|e| format!("not valid JSON: {e}"))?;

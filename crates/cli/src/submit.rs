@@ -37,10 +37,7 @@ fn normalize_file(ctx: &Ctx, file: &str) -> Result<Job, CliError> {
 
 pub(crate) fn normalize_options(ctx: &Ctx) -> Result<NormalizeOptions, CliError> {
     Ok(NormalizeOptions {
-        known_agents: contracts::BUILTIN_AGENTS
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        known_agents: contracts::config::known_agents(&ctx.env)?,
         project_ids: ctx
             .paths
             .project_aliases

@@ -80,6 +80,47 @@ pub fn project_aliases(src: &EnvSource) -> Result<Vec<(String, PathBuf)>, Config
     Ok(out)
 }
 
+/// The agent names jobs may use: the built-in ones plus every `name` in the
+/// `AGENTS_CONFIG` file (a JSON array of agents, or `{"agents": [...]}`).
+/// Only the names are read here, so every entry point can validate jobs
+/// against them; the runner validates the full definitions at start-up.
+pub fn known_agents(src: &EnvSource) -> Result<Vec<String>, ConfigError> {
+    let mut names: Vec<String> = crate::BUILTIN_AGENTS
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let Some(path) = path_opt(src, &env::AGENTS_CONFIG)? else {
+        return Ok(names);
+    };
+    let bad = |why: String| ConfigError::Invalid {
+        var: env::AGENTS_CONFIG.name,
+        value: format!("{:?}", path.display().to_string()),
+        expected: why,
+    };
+    let bytes = std::fs::read(&path).map_err(|e| bad(format!("a readable JSON file ({e})")))?;
+    let doc: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| bad(format!("a JSON document ({e})")))?;
+    let list = match &doc {
+        serde_json::Value::Array(a) => a,
+        serde_json::Value::Object(o) => match o.get("agents") {
+            Some(serde_json::Value::Array(a)) => a,
+            _ => return Err(bad("an object with an \"agents\" array".into())),
+        },
+        _ => return Err(bad("an array of agents".into())),
+    };
+    for a in list {
+        match a.get("name").and_then(serde_json::Value::as_str) {
+            Some(n) if crate::validate::is_valid_agent_name(n) => {
+                if !names.iter().any(|x| x == n) {
+                    names.push(n.to_owned());
+                }
+            }
+            _ => return Err(bad("every agent to have a valid \"name\"".into())),
+        }
+    }
+    Ok(names)
+}
+
 /// `DEFAULT_ARTIFACT_HANDOFF`.
 pub fn artifact_handoff(src: &EnvSource) -> Result<Option<ArtifactHandoff>, ConfigError> {
     let v = src.get_enum(

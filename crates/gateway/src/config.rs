@@ -10,7 +10,7 @@ use crate::ratelimit::TrustedProxies;
 use contracts::ArtifactHandoff;
 use contracts::env::{self as ev, ConfigError, EnvSource};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The body limit of `POST /webhook/github` (GitHub's own maximum payload).
@@ -146,34 +146,12 @@ impl Config {
             Some(p) => GithubMapping::load(p)?,
             None => GithubMapping::default(),
         };
-        let handoff = env.get_enum(
-            &ev::DEFAULT_ARTIFACT_HANDOFF,
-            &["manual", "patch_first", "workspace_first"],
-        )?;
-        let default_artifact_handoff =
-            serde_json::from_value(serde_json::Value::String(handoff.to_owned())).ok();
-        let mut project_ids = Vec::new();
-        for item in env.get_list(&ev::PROJECT_ALIASES)? {
-            match item.split_once('=') {
-                Some((id, path))
-                    if contracts::validate::is_valid_project_id(id.trim())
-                        && Path::new(path.trim()).is_absolute() =>
-                {
-                    project_ids.push(id.trim().to_owned())
-                }
-                _ => {
-                    return Err(invalid(
-                        ev::PROJECT_ALIASES.name,
-                        &item,
-                        "comma-separated id=/absolute/path entries",
-                    ));
-                }
-            }
-        }
-        let known_agents = match env.get_str(&ev::AGENTS_CONFIG)? {
-            Some(p) => load_agent_names(Path::new(&p))?,
-            None => Vec::new(),
-        };
+        let default_artifact_handoff = contracts::config::artifact_handoff(env)?;
+        let project_ids: Vec<String> = contracts::config::project_aliases(env)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let known_agents = contracts::config::known_agents(env)?;
         let prompts_dir = env.get_str(&ev::PROMPTS_DIR)?.map(PathBuf::from);
         let max_connections = match args.max_connections {
             None => 1024,
@@ -232,37 +210,4 @@ impl Config {
             dev_mode: env.raw("ORCH_DEV").is_some_and(|v| v.trim() == "1"),
         })
     }
-}
-
-/// Names of the agents declared in `AGENTS_CONFIG`, added to the built-in
-/// ones for validation. Accepts `{"agents": [{"name": ...}, ...]}` or a bare
-/// array of such objects; anything else is a start-up error.
-fn load_agent_names(path: &Path) -> Result<Vec<String>, ConfigError> {
-    let bad = |why: String| ConfigError::Invalid {
-        var: ev::AGENTS_CONFIG.name,
-        value: format!("{:?}", path.display().to_string()),
-        expected: why,
-    };
-    let bytes = std::fs::read(path).map_err(|e| bad(format!("a readable JSON file ({e})")))?;
-    let doc: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| bad(format!("a JSON document ({e})")))?;
-    let list = match &doc {
-        serde_json::Value::Array(a) => a,
-        serde_json::Value::Object(o) => match o.get("agents") {
-            Some(serde_json::Value::Array(a)) => a,
-            _ => return Err(bad("an object with an \"agents\" array".into())),
-        },
-        _ => return Err(bad("an array of agents".into())),
-    };
-    let mut names: Vec<String> = contracts::BUILTIN_AGENTS
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    for a in list {
-        match a.get("name").and_then(serde_json::Value::as_str) {
-            Some(n) if contracts::validate::is_valid_agent_name(n) => names.push(n.to_owned()),
-            _ => return Err(bad("every agent to have a valid \"name\"".into())),
-        }
-    }
-    Ok(names)
 }

@@ -5,6 +5,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod pipeline;
+mod real;
 mod support;
 mod tidy;
 

@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn submit(o: &Orch, doc: Value) -> String {
+pub(crate) fn submit(o: &Orch, doc: Value) -> String {
     o.submit(&doc.to_string())
 }
 
-fn step(id: &str, agent: &str, role: &str, prompt: &str) -> Value {
+pub(crate) fn step(id: &str, agent: &str, role: &str, prompt: &str) -> Value {
     json!({"step_id": id, "agent": agent, "role": role, "prompt": prompt,
            "max_retries": 0, "retry_backoff_sec": 0})
 }
@@ -35,7 +35,7 @@ fn text(o: &Orch, id: &str, rel: &str) -> String {
 }
 
 /// An installation whose agents are the fake CLIs, run for real.
-fn real_orch() -> Orch {
+pub(crate) fn real_orch() -> Orch {
     let mut o = Orch::new();
     let bin = o.root().join("fakebin");
     std::fs::create_dir_all(&bin).unwrap();
@@ -57,7 +57,7 @@ fn real_orch() -> Orch {
 
 /// Real-agent jobs here run unsandboxed (the sandbox is tested elsewhere),
 /// which takes both `SANDBOX=0` and the job's own `policy.sandbox: false`.
-fn no_sandbox() -> Value {
+pub(crate) fn no_sandbox() -> Value {
     json!({"sandbox": false})
 }
 
