@@ -62,10 +62,10 @@ impl StatusCache {
         {
             return Ok(s.clone());
         }
-        if self.refreshing.swap(true, Ordering::AcqRel) {
-            if let Some((_, s)) = cached {
-                return Ok(s);
-            }
+        if self.refreshing.swap(true, Ordering::AcqRel)
+            && let Some((_, s)) = cached
+        {
+            return Ok(s);
         }
         let a = app.clone();
         let fresh = tokio::task::spawn_blocking(move || Arc::new(take_snapshot(&a))).await;
