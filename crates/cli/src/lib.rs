@@ -107,6 +107,15 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    ///
+    /// e.g. `orch completions bash > /etc/bash_completion.d/orch`
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the orch(1) man page (roff), e.g. `orch man | man -l -`
+    Man,
     /// Run gateway, runner and scheduler on embedded defaults until Ctrl-C
     Dev {
         /// Address for the gateway
@@ -250,6 +259,21 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
         Cmd::Recover { json } => ops::recover(&Ctx::load()?, json),
         Cmd::Doctor { json } => doctor::doctor(&json),
         Cmd::Dev { bind } => dev::dev(&bind),
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "orch", &mut std::io::stdout());
+            Ok(0)
+        }
+        Cmd::Man => {
+            use clap::CommandFactory;
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                // `orch man | head` closing the pipe early is not an error.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(CliError::failed(format!("cannot write the man page: {e}")))
+                }
+                _ => Ok(0),
+            }
+        }
     }
 }
 

@@ -520,3 +520,24 @@ fn runner_sigterm_exits_zero_and_releases_its_job() {
     assert_eq!(s["state"], "pending");
     let _ = &mut r;
 }
+
+#[test]
+fn completions_and_man_page_come_from_the_clap_definitions() {
+    let o = Orch::new();
+    let out = o.orch(&["completions", "bash"], None);
+    assert!(out.status.success());
+    let script = String::from_utf8_lossy(&out.stdout);
+    for sub in ["submit", "status", "approve", "doctor"] {
+        assert!(
+            script.contains(sub),
+            "{sub} missing from the bash completions"
+        );
+    }
+    let out = o.orch(&["man"], None);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(".TH orch"));
+    assert_eq!(
+        o.orch(&["completions", "cmd.exe"], None).status.code(),
+        Some(2)
+    );
+}
