@@ -202,6 +202,21 @@ pub fn init_logging(src: &EnvSource, verbose: u8) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Prints `<program>: error: <msg>` on stderr and returns `code` as the
+/// process exit code (2 for configuration, 1 for operation failures).
+pub fn exit_error(program: &str, msg: &dyn std::fmt::Display, code: u8) -> std::process::ExitCode {
+    eprintln!("{program}: error: {msg}");
+    std::process::ExitCode::from(code)
+}
+
+/// The start of every orch service: the environment (merged with `.env`)
+/// and logging. A problem with either is printed and becomes exit code 2.
+pub fn start(program: &str, verbose: u8) -> Result<EnvSource, std::process::ExitCode> {
+    let src = EnvSource::load().map_err(|e| exit_error(program, &e, 2))?;
+    init_logging(&src, verbose).map_err(|e| exit_error(program, &e, 2))?;
+    Ok(src)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,3 +19,29 @@ pub async fn shutdown() {
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
 }
+
+/// Runs a service until it returns: `service` receives the shutdown future
+/// and runs on `runtime`. Exit code 0 on `Ok`, 1 (with `<program>: error:`
+/// on stderr) when the runtime cannot start or the service fails.
+pub fn run_service<E, Fut>(
+    program: &str,
+    runtime: std::io::Result<tokio::runtime::Runtime>,
+    service: impl FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
+) -> std::process::ExitCode
+where
+    E: std::fmt::Display,
+    Fut: std::future::Future<Output = Result<(), E>>,
+{
+    let failed = |msg: String| {
+        eprintln!("{program}: error: {msg}");
+        std::process::ExitCode::from(1)
+    };
+    let rt = match runtime {
+        Ok(rt) => rt,
+        Err(e) => return failed(format!("cannot start the async runtime: {e}")),
+    };
+    match rt.block_on(service(Box::pin(shutdown()))) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => failed(e.to_string()),
+    }
+}

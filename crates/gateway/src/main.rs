@@ -7,34 +7,21 @@ use clap::Parser;
 use gateway::{Args, Config};
 use std::process::ExitCode;
 
+const PROGRAM: &str = "orch-gateway";
+
 fn main() -> ExitCode {
     let args = Args::parse();
-    let env = match contracts::env::EnvSource::load() {
-        Ok(e) => e,
-        Err(e) => return fail(&e.to_string(), 2),
+    let env = match contracts::config::start(PROGRAM, args.verbose) {
+        Ok(env) => env,
+        Err(code) => return code,
     };
-    if let Err(e) = contracts::config::init_logging(&env, args.verbose) {
-        return fail(&e.to_string(), 2);
-    }
     let cfg = match Config::resolve(&args, &env) {
         Ok(c) => c,
-        Err(e) => return fail(&e.to_string(), 2),
+        Err(e) => return contracts::config::exit_error(PROGRAM, &e, 2),
     };
     gateway::install_metrics();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(&format!("cannot start the async runtime: {e}"), 1),
-    };
-    match rt.block_on(gateway::run(cfg, fsqueue::signal::shutdown())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e.to_string(), 1),
-    }
-}
-
-fn fail(msg: &str, code: u8) -> ExitCode {
-    eprintln!("orch-gateway: error: {msg}");
-    ExitCode::from(code)
+        .build();
+    fsqueue::signal::run_service(PROGRAM, rt, |stop| gateway::run(cfg, stop))
 }

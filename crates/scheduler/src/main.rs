@@ -13,33 +13,20 @@ struct Args {
     verbose: u8,
 }
 
+const PROGRAM: &str = "orch-scheduler";
+
 fn main() -> ExitCode {
     let args = Args::parse();
-    let env = match contracts::env::EnvSource::load() {
-        Ok(e) => e,
-        Err(e) => return fail(&e.to_string(), 2),
+    let env = match contracts::config::start(PROGRAM, args.verbose) {
+        Ok(env) => env,
+        Err(code) => return code,
     };
-    if let Err(e) = contracts::config::init_logging(&env, args.verbose) {
-        return fail(&e.to_string(), 2);
-    }
     let cfg = match scheduler::Config::resolve(&env) {
         Ok(c) => c,
-        Err(e) => return fail(&e.to_string(), 2),
+        Err(e) => return contracts::config::exit_error(PROGRAM, &e, 2),
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(&e.to_string(), 1),
-    };
-    match rt.block_on(scheduler::run(cfg, fsqueue::signal::shutdown())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e, 1),
-    }
-}
-
-fn fail(msg: &str, code: u8) -> ExitCode {
-    eprintln!("orch-scheduler: error: {msg}");
-    ExitCode::from(code)
+        .build();
+    fsqueue::signal::run_service(PROGRAM, rt, |stop| scheduler::run(cfg, stop))
 }
