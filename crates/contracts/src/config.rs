@@ -239,6 +239,45 @@ mod tests {
     }
 
     #[test]
+    fn known_agents_come_from_agents_config_and_bad_files_are_named() {
+        let d = std::env::temp_dir().join(format!("orch-agents-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let file = d.join("agents.json");
+        let with = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            known_agents(&src(&[("AGENTS_CONFIG", file.to_str().unwrap())]))
+        };
+        assert_eq!(
+            known_agents(&src(&[])).unwrap(),
+            ["opencode", "codex", "claude"]
+        );
+        let names = with(r#"{"agents": [{"name": "gemini"}, {"name": "claude"}]}"#).unwrap();
+        assert_eq!(names, ["opencode", "codex", "claude", "gemini"]);
+        assert_eq!(
+            with(r#"[{"name": "kimi"}]"#).unwrap().last().unwrap(),
+            "kimi"
+        );
+        for bad in [
+            "",
+            "{",
+            "42",
+            r#"{"agents": 1}"#,
+            r#"[{"nom": "x"}]"#,
+            r#"[{"name": "../evil"}]"#,
+            "\u{ff}",
+        ] {
+            let e = with(bad).unwrap_err();
+            assert_eq!(e.subject(), "AGENTS_CONFIG", "{bad:?}: {e}");
+        }
+        let missing = src(&[("AGENTS_CONFIG", "/nonexistent/agents.json")]);
+        assert_eq!(
+            known_agents(&missing).unwrap_err().subject(),
+            "AGENTS_CONFIG"
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
     fn check_all_names_the_variable() {
         assert!(check_all(&src(&[("RUNNER_LEASE_SEC", "30")])).is_ok());
         let errs =

@@ -158,23 +158,10 @@ impl PipelineStep {
     }
 }
 
-/// Optional top-level fields where an explicit `null` means "not given"
-/// (so the default applies). `project_id` and `callback_url` are not here:
-/// null is their real "none" value.
-const NULL_MEANS_ABSENT: &[&str] = &[
-    "schema_version",
-    "job_id",
-    "created_at",
-    "source",
-    "workdir",
-    "tags",
-    "metadata",
-    "steps",
-    "context_window",
-    "context_strategy",
-    "artifact_handoff",
-    "policy",
-];
+/// Top-level fields whose explicit `null` is their real "none" value; for
+/// every other known field an explicit `null` means "not given", so the
+/// default applies. (`goal` is required: a null goal stays and is refused.)
+const NULL_IS_A_VALUE: &[&str] = &["goal", "project_id", "callback_url"];
 
 /// Normalises and validates a payload from `entry`. The result is a complete
 /// job that passed `validate_job`; on failure every violation is listed.
@@ -210,7 +197,10 @@ pub fn normalize(
         ));
     };
     let mut problems = Violations::default();
-    for key in NULL_MEANS_ABSENT {
+    for key in crate::validate::JOB_KEYS
+        .iter()
+        .filter(|k| !NULL_IS_A_VALUE.contains(k))
+    {
         if obj.get(*key).is_some_and(Value::is_null) {
             obj.remove(*key);
         }

@@ -250,7 +250,8 @@ fn coerce_integral_floats(job: &mut Value) {
     }
 }
 
-const JOB_KEYS: &[&str] = &[
+/// Every top-level key a job may have.
+pub(crate) const JOB_KEYS: &[&str] = &[
     "schema_version",
     "job_id",
     "created_at",

@@ -442,45 +442,14 @@ async fn job_api_reads_lists_and_moves_jobs() {
     let mut newest_first: Vec<&str> = ids.iter().map(String::as_str).collect();
     newest_first.reverse();
     assert_eq!(listed, newest_first);
+    assert_eq!(count_listed(&gw, "/jobs?tag=odd").await, 2);
+    assert_eq!(count_listed(&gw, "/jobs?project=alpha&tag=even").await, 3);
+    assert_eq!(count_listed(&gw, "/jobs?state=done").await, 0);
     assert_eq!(
-        gw.get("/jobs?tag=odd", Some(TOKEN)).await.json()["jobs"]
-            .as_array()
-            .unwrap()
-            .len(),
-        2
-    );
-    assert_eq!(
-        gw.get("/jobs?project=alpha&tag=even", Some(TOKEN))
-            .await
-            .json()["jobs"]
-            .as_array()
-            .unwrap()
-            .len(),
-        3
-    );
-    assert_eq!(
-        gw.get("/jobs?state=done", Some(TOKEN)).await.json()["jobs"]
-            .as_array()
-            .unwrap()
-            .len(),
+        count_listed(&gw, "/jobs?since=2999-01-01T00:00:00Z").await,
         0
     );
-    assert_eq!(
-        gw.get("/jobs?since=2999-01-01T00:00:00Z", Some(TOKEN))
-            .await
-            .json()["jobs"]
-            .as_array()
-            .unwrap()
-            .len(),
-        0
-    );
-    assert_eq!(
-        gw.get("/jobs?since=0", Some(TOKEN)).await.json()["jobs"]
-            .as_array()
-            .unwrap()
-            .len(),
-        5
-    );
+    assert_eq!(count_listed(&gw, "/jobs?since=0").await, 5);
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -1183,4 +1152,12 @@ async fn openapi_document_matches_the_routes() {
             }
         }
     }
+}
+
+/// Number of jobs `GET path` lists (first page).
+async fn count_listed(gw: &Gateway, path: &str) -> usize {
+    gw.get(path, Some(TOKEN)).await.json()["jobs"]
+        .as_array()
+        .expect("a jobs array")
+        .len()
 }
