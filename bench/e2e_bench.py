@@ -32,24 +32,33 @@ def env_for(d):
 
 def submit_many(d, n):
     env = env_for(d)
+    procs = []
     for i in range(n):
-        subprocess.run([os.path.join(BIN, "orch"), "submit", "-"], input=b'{"goal": "benchmark job %d"}' % i,
-                       env=env, check=True, stdout=subprocess.DEVNULL)
+        procs.append(subprocess.Popen([os.path.join(BIN, "orch"), "submit", "-"], stdin=subprocess.PIPE,
+                                      env=env, stdout=subprocess.DEVNULL))
+        procs[-1].stdin.write(b'{"goal": "benchmark job %d"}' % i)
+        procs[-1].stdin.close()
+        if len(procs) >= 16:
+            assert procs.pop(0).wait() == 0
+    for p in procs:
+        assert p.wait() == 0
 
 
-def throughput(n, conc, base):
+def prepare(n, base):
+    """A fresh tree with n jobs in pending/."""
     d = tempfile.mkdtemp(dir=base)
-    try:
-        submit_many(d, n)
-        t = time.monotonic()
-        subprocess.run([os.path.join(BIN, "orch-runner"), "--drain", "--concurrency", str(conc), "--id", "bench"],
-                       env=env_for(d), check=True)
-        dt = time.monotonic() - t
-        done = len(os.listdir(os.path.join(d, "var/queue/done")))
-        assert done == n, f"only {done}/{n} jobs done"
-        return n / dt
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+    submit_many(d, n)
+    return d
+
+
+def throughput(n, conc, d):
+    t = time.monotonic()
+    subprocess.run([os.path.join(BIN, "orch-runner"), "--drain", "--concurrency", str(conc), "--id", "bench"],
+                   env=env_for(d), check=True)
+    dt = time.monotonic() - t
+    done = len(os.listdir(os.path.join(d, "var/queue/done")))
+    assert done == n, f"only {done}/{n} jobs done"
+    return n / dt
 
 
 def idle(base, seconds=10):
@@ -85,9 +94,20 @@ def main():
             sys.exit(f"{BIN}/{b} missing: cargo build --release --workspace first")
     base = os.path.join(ROOT, "target", "bench-tmp")
     os.makedirs(base, exist_ok=True)
-    for c in [int(x) for x in a.concurrency.split(",")]:
-        r = [throughput(a.jobs, c, base) for _ in range(a.runs)]
-        print(f"throughput, concurrency {c:>2}: median {statistics.median(r):7.1f} jobs/s  (runs: {', '.join(f'{x:.1f}' for x in r)})")
+    levels = [int(x) for x in a.concurrency.split(",")]
+    # Every tree is prepared before the first measurement and removed after
+    # the last: deleting thousands of files right before a run would make
+    # that run pay for the filesystem's clean-up of them (ext4 without a
+    # journal skips recently freed inodes when allocating new ones).
+    trees = {c: [prepare(a.jobs, base) for _ in range(a.runs)] for c in levels}
+    try:
+        for c in levels:
+            r = [throughput(a.jobs, c, d) for d in trees[c]]
+            print(f"throughput, concurrency {c:>2}: median {statistics.median(r):7.1f} jobs/s  (runs: {', '.join(f'{x:.1f}' for x in r)})")
+    finally:
+        for ds in trees.values():
+            for d in ds:
+                shutil.rmtree(d, ignore_errors=True)
     cpu, rss = idle(base)
     print(f"idle runner: {cpu:.2f} % CPU over 10 s, RSS {rss:.1f} MiB")
 

@@ -141,7 +141,7 @@ impl ArtifactStore {
             Err(e) => return Err(e.into()),
         }
         std::fs::remove_dir_all(&tomb).map_err(|e| ArtifactError::io("remove", &tomb, e))?;
-        durable::fsync_dir(&self.root)?;
+        durable::sync_dir(&self.root)?;
         Ok(true)
     }
 
@@ -172,7 +172,7 @@ impl ArtifactStore {
             }
         }
         if n > 0 {
-            durable::fsync_dir(&self.root)?;
+            durable::sync_dir(&self.root)?;
         }
         Ok(n)
     }
@@ -363,6 +363,17 @@ impl JobArtifacts {
     /// attempt's files stay until this attempt publishes) and writes a
     /// `running` `result.json`, which it returns.
     pub fn begin_step(&self, step: &Step, attempt: u32) -> Result<ResultDoc> {
+        self.begin_step_with_state(step, attempt, None)
+    }
+
+    /// `begin_step` that also rewrites `state.json` (the step's "running"
+    /// transition) in the same publish.
+    pub fn begin_step_with_state(
+        &self,
+        step: &Step,
+        attempt: u32,
+        state: Option<&JobState>,
+    ) -> Result<ResultDoc> {
         let id = step.step_id.as_str();
         self.ensure_dir(&[])?;
         self.ensure_dir(&[STEPS_DIR])?;
@@ -370,7 +381,15 @@ impl JobArtifacts {
         let result = running_step_result(self.job_id(), step, attempt);
         let bytes = self.json_bytes(&[STEPS_DIR, id, RESULT_JSON], &result)?;
         use durable::Place::{IfAbsent, Replace};
-        self.write_batch(
+        let empty_src = self.empty_src();
+        let mut txn = durable::Txn::new(Some(&empty_src));
+        if let Some(st) = state {
+            self.check_job_id(STATE_JSON, &st.job_id, "job_id")?;
+            let st = self.json_bytes(&[STATE_JSON], st)?;
+            self.stage(&mut txn, &[], &[(STATE_JSON, &st, Replace)])?;
+        }
+        self.stage(
+            &mut txn,
             &[STEPS_DIR, id],
             &[
                 (REPORT_MD, b"", IfAbsent),
@@ -379,6 +398,7 @@ impl JobArtifacts {
                 (RESULT_JSON, &bytes, Replace),
             ],
         )?;
+        txn.commit()?;
         Ok(result)
     }
 
@@ -386,6 +406,17 @@ impl JobArtifacts {
     /// (or removes stale ones), then `result.json` last. The result's
     /// `artifacts` paths are set to the canonical ones.
     pub fn publish_step(&self, step_id: &StepId, out: &StepOutput) -> Result<()> {
+        self.publish_step_with(step_id, out, None)
+    }
+
+    /// `publish_step` that also rewrites `state.json` and `context.json`
+    /// (the step's final transition), published with `result.json`.
+    pub fn publish_step_with(
+        &self,
+        step_id: &StepId,
+        out: &StepOutput,
+        after: Option<(&JobState, &ContextDoc)>,
+    ) -> Result<()> {
         let id = step_id.as_str();
         let rel_result = format!("{STEPS_DIR}/{id}/{RESULT_JSON}");
         self.check_job_id(&rel_result, &out.result.job_id, "job_id")?;
@@ -413,10 +444,32 @@ impl JobArtifacts {
                 None => durable::remove_file(&join(self.dir(), &[STEPS_DIR, id, name]))?,
             }
         }
-        self.write_batch(&[STEPS_DIR, id], &files)?;
+        let empty_src = self.empty_src();
+        let mut txn = durable::Txn::new(Some(&empty_src));
+        self.stage(&mut txn, &[STEPS_DIR, id], &files)?;
+        // A final result on disk implies the files it describes are
+        // complete: it is published in a later phase.
+        txn.then();
         let mut result = out.result.clone();
         result.artifacts = step_result_paths(step_id);
-        self.write_json(&[STEPS_DIR, id, RESULT_JSON], &result)
+        let result = self.json_bytes(&[STEPS_DIR, id, RESULT_JSON], &result)?;
+        self.stage(
+            &mut txn,
+            &[STEPS_DIR, id],
+            &[(RESULT_JSON, &result, Replace)],
+        )?;
+        if let Some((st, cx)) = after {
+            self.check_job_id(STATE_JSON, &st.job_id, "job_id")?;
+            let st = self.json_bytes(&[STATE_JSON], st)?;
+            let cx = self.json_bytes(&[CONTEXT_JSON], cx)?;
+            self.stage(
+                &mut txn,
+                &[],
+                &[(STATE_JSON, &st, Replace), (CONTEXT_JSON, &cx, Replace)],
+            )?;
+        }
+        txn.commit()?;
+        Ok(())
     }
 
     pub fn read_step_result(&self, step_id: &StepId) -> Result<Option<ResultDoc>> {
@@ -434,6 +487,17 @@ impl JobArtifacts {
     /// (`git apply` ignores text between patches, so the aggregate patch
     /// still applies.)
     pub fn finish_job(&self, job: &Job, result: &ResultDoc) -> Result<()> {
+        self.finish_job_with_state(job, result, None)
+    }
+
+    /// `finish_job` that also rewrites `state.json` (the job's final
+    /// transition), published with the job `result.json`.
+    pub fn finish_job_with_state(
+        &self,
+        job: &Job,
+        result: &ResultDoc,
+        state: Option<&JobState>,
+    ) -> Result<()> {
         self.check_job_id(JOB_JSON, job.job_id.as_str(), "job_id")?;
         let mut report = format!("# Job {}\n\n{}\n", self.job_id(), job.goal.trim_end());
         let mut patch = String::new();
@@ -479,8 +543,18 @@ impl JobArtifacts {
             push_section(&mut logs, &self.aggregate_part(&id, LOGS_TXT));
         }
         self.ensure_dir(&[])?;
+        self.check_job_id(RESULT_JSON, &result.job_id, "job_id")?;
+        if result.kind != ResultKind::Job || result.steps.is_none() {
+            return Err(self.mismatch(RESULT_JSON, "kind", "job (with steps)", "step"));
+        }
+        let mut result = result.clone();
+        result.artifacts = job_result_paths();
+        let result = self.json_bytes(&[RESULT_JSON], &result)?;
         use durable::Place::Replace;
-        self.write_batch(
+        let empty_src = self.empty_src();
+        let mut txn = durable::Txn::new(Some(&empty_src));
+        self.stage(
+            &mut txn,
             &[],
             &[
                 (REPORT_MD, report.as_bytes(), Replace),
@@ -488,7 +562,18 @@ impl JobArtifacts {
                 (LOGS_TXT, logs.as_bytes(), Replace),
             ],
         )?;
-        self.write_result(result)
+        // The final result (and state) only once the aggregates are on disk.
+        txn.then();
+        let mut last: Vec<(&str, &[u8], durable::Place)> = vec![(RESULT_JSON, &result, Replace)];
+        let st;
+        if let Some(state) = state {
+            self.check_job_id(STATE_JSON, &state.job_id, "job_id")?;
+            st = self.json_bytes(&[STATE_JSON], state)?;
+            last.push((STATE_JSON, &st, Replace));
+        }
+        self.stage(&mut txn, &[], &last)?;
+        txn.commit()?;
+        Ok(())
     }
 
     /// Reads an artifact by a path relative to the job directory (e.g. an
@@ -597,11 +682,34 @@ impl JobArtifacts {
     /// placeholders: kept when a regular file exists, but a symlink planted
     /// at the name is replaced, never followed or kept.
     fn write_batch(&self, dir: &[&str], files: &[(&str, &[u8], durable::Place)]) -> Result<()> {
+        let empty_src = self.empty_src();
+        let mut txn = durable::Txn::new(Some(&empty_src));
+        self.stage(&mut txn, dir, files)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Empty files (placeholders, empty patches) are hard links to the
+    /// job's `report.md` while it is still the empty placeholder made by
+    /// `init` (see `durable::write_batch_linked`).
+    fn empty_src(&self) -> PathBuf {
+        self.dir().join(REPORT_MD)
+    }
+
+    /// Stages files for the directory `dir` (parts relative to the job
+    /// dir) in `txn`. `IfAbsent` entries are placeholders: kept when a
+    /// regular file exists, but a symlink planted at the name is replaced,
+    /// never followed or kept.
+    fn stage(
+        &self,
+        txn: &mut durable::Txn<'_>,
+        dir: &[&str],
+        files: &[(&str, &[u8], durable::Place)],
+    ) -> Result<()> {
         let mut probe: Vec<&str> = dir.to_vec();
         probe.push("_");
         self.checked_path(&probe)?;
         let dir_path = join(self.dir(), dir);
-        let mut planned: Vec<(&str, &[u8], durable::Place)> = Vec::with_capacity(files.len());
         for (name, data, place) in files {
             let path = dir_path.join(name);
             let place = match (place, std::fs::symlink_metadata(&path)) {
@@ -623,9 +731,8 @@ impl JobArtifacts {
                 }
                 (p, _) => *p,
             };
-            planned.push((name, data, place));
+            txn.file(&path, data, place)?;
         }
-        durable::write_batch(&dir_path, &planned)?;
         Ok(())
     }
 

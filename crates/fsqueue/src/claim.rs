@@ -176,8 +176,10 @@ impl Claimer {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(DurableError::new("claim", &from, e).into()),
             }
-            durable::fsync_dir(&self.queue.dir(State::Running))?;
-            durable::fsync_dir(&self.queue.dir(State::Pending))?;
+            durable::sync_dirs(&[
+                &self.queue.dir(State::Running),
+                &self.queue.dir(State::Pending),
+            ])?;
             let loc = Located {
                 state: State::Running,
                 entry: claimed,

@@ -1,20 +1,25 @@
 //! The one durable-write primitive of orch. Every queue file and every
 //! artifact is published through `write_file` (or moved with
-//! `rename_noreplace`/`rename_replace`), so a crash at any instant leaves
+//! `move_noreplace`/`move_replace`), so a crash at any instant leaves
 //! either the old complete file or the new complete file, never a torn one.
 //!
 //! The protocol, in order:
 //! 1. write the bytes to a temporary file in the *same directory* (same
 //!    filesystem, so the rename is atomic), created `O_EXCL` with the final
 //!    mode;
-//! 2. `fsync` the temporary file, so its data is on disk before its name is;
+//! 2. a data barrier: the temporary file's data is on disk before its name;
 //! 3. `rename` it over the destination;
-//! 4. `fsync` the destination directory, so the new name itself is durable.
+//! 4. a name barrier: the destination directory's new entry is on disk.
 //!
-//! Only after step 4 succeeds do we report success. A failed `fsync` is
+//! Only after step 4 succeeds do we report success. A failed barrier is
 //! returned as an error and the temporary file is removed: after a failed
-//! fsync the page cache state is unknown, so publishing would be a lie.
+//! sync the page cache state is unknown, so publishing would be a lie.
+//!
+//! Barriers are group-committed (see `commit`): by default one `syncfs`
+//! serves every thread of the process that reached a barrier meanwhile;
+//! `FSYNC_MODE=file` makes them one `fsync` per file and directory.
 
+use crate::commit::{self, Mark};
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -78,22 +83,33 @@ pub fn write_file(path: &Path, data: &[u8]) -> Result<()> {
 
 /// `write_file` with an explicit mode.
 pub fn write_file_mode(path: &Path, data: &[u8], mode: u32) -> Result<()> {
-    let tmp = write_temp(path, data, mode)?;
+    let mark = Mark::now();
+    let tmp = write_synced_temp(path, data, mode, mark)?;
     if let Err(e) = std::fs::rename(&tmp, path) {
         let _ = std::fs::remove_file(&tmp);
         return Err(DurableError::new("rename", path, e));
     }
-    fsync_parent(path)
+    sync_names(&[parent_of(path)], mark)
 }
 
 /// Durably publishes `data` at `path` only if nothing exists there yet.
 /// Returns `Ok(false)` (and writes nothing) when `path` already exists.
 pub fn write_file_new(path: &Path, data: &[u8]) -> Result<bool> {
-    let tmp = write_temp(path, data, FILE_MODE)?;
+    let mark = Mark::now();
+    if data.is_empty() {
+        // Nothing to tear: an O_EXCL create is atomic by itself.
+        let placed =
+            place_empty_new(path, None).map_err(|e| DurableError::new("create", path, e))?;
+        if placed {
+            sync_names(&[parent_of(path)], mark)?;
+        }
+        return Ok(placed);
+    }
+    let tmp = write_synced_temp(path, data, FILE_MODE, mark)?;
     let placed = rename_noreplace_raw(&tmp, path);
     match placed {
         Ok(()) => {
-            fsync_parent(path)?;
+            sync_names(&[parent_of(path)], mark)?;
             Ok(true)
         }
         Err(e) => {
@@ -116,50 +132,197 @@ pub enum Place {
     IfAbsent,
 }
 
-/// Durably publishes several files into one directory at the cost of one
-/// directory fsync: every temp file is written and fsynced, then all are
-/// renamed into place in order, then the directory is fsynced once. Same
-/// guarantee per file as `write_file`; a crash may leave any prefix of the
-/// batch published, so callers that need "A implies B" publish B in a later
-/// batch (or call).
+/// Durably publishes several files into one directory with one data
+/// barrier and one name barrier: every temp file is written, the data
+/// barrier makes them durable, all are renamed into place in order, then
+/// the name barrier. Same guarantee per file as `write_file`; a crash may
+/// leave any prefix of the batch published, so callers that need "A implies
+/// B" publish B in a later batch (or call).
 pub fn write_batch(dir: &Path, files: &[(&str, &[u8], Place)]) -> Result<()> {
-    let mut staged: Vec<(PathBuf, PathBuf, Place)> = Vec::with_capacity(files.len());
-    let cleanup = |staged: &[(PathBuf, PathBuf, Place)]| {
-        for (tmp, _, _) in staged {
-            let _ = std::fs::remove_file(tmp);
-        }
-    };
+    write_batch_linked(dir, files, None)
+}
+
+/// `write_batch` where empty files are hard links to `empty_src` (an empty
+/// regular file) instead of new files.
+///
+/// Placeholders are most of the files of an artifacts tree, and every new
+/// file is an inode allocated and, when it is replaced, freed again: on
+/// ext4 without a journal the inode allocator then scans past every
+/// recently freed inode, which made inode churn the largest cost of a job.
+/// A link allocates nothing, and replacing it later only drops a link.
+/// An empty `Replace` over a file that is already empty is skipped (the
+/// content is the same). Whenever linking is impossible (`empty_src`
+/// missing, not empty any more, too many links, another filesystem) the
+/// empty file is created on its own; empty files need no data barrier and
+/// are created in place with `O_EXCL` (there is no content to tear).
+pub fn write_batch_linked(
+    dir: &Path,
+    files: &[(&str, &[u8], Place)],
+    empty_src: Option<&Path>,
+) -> Result<()> {
+    let mut txn = Txn::new(empty_src);
     for (name, data, place) in files {
-        let path = dir.join(name);
-        match write_temp(&path, data, FILE_MODE) {
-            Ok(tmp) => staged.push((tmp, path, *place)),
-            Err(e) => {
-                cleanup(&staged);
-                return Err(e);
+        txn.file(&dir.join(name), data, *place)?;
+    }
+    txn.commit()
+}
+
+/// A publish of files in one or several directories, in phases: the data
+/// of every file is made durable by one barrier, then each phase's names
+/// are published (renamed into place, in the order given) and made durable
+/// by one name barrier before the next phase starts. So a file of a later
+/// phase on disk implies every file of the earlier phases on disk (a step's
+/// `result.json` after its report), at the cost of one barrier per phase
+/// rather than two per file. Empty files are handled as in
+/// `write_batch_linked`. Dropping an uncommitted `Txn` removes its
+/// temporary files.
+pub struct Txn<'a> {
+    mark: Mark,
+    empty_src: Option<&'a Path>,
+    /// (phase, final path, place, temp path and handle for files with data)
+    staged: Vec<(usize, PathBuf, Place, Option<(PathBuf, File)>)>,
+    phase: usize,
+}
+
+impl<'a> Txn<'a> {
+    pub fn new(empty_src: Option<&'a Path>) -> Self {
+        Txn {
+            mark: Mark::now(),
+            empty_src,
+            staged: Vec::new(),
+            phase: 0,
+        }
+    }
+
+    /// Stages `data` for `path` (its temp file is written now).
+    pub fn file(&mut self, path: &Path, data: &[u8], place: Place) -> Result<()> {
+        let temp = if data.is_empty() {
+            None
+        } else {
+            Some(write_temp(path, data, FILE_MODE)?)
+        };
+        self.staged
+            .push((self.phase, path.to_path_buf(), place, temp));
+        Ok(())
+    }
+
+    /// Files staged from now on are published after the earlier ones are
+    /// durable.
+    pub fn then(&mut self) {
+        if self.staged.last().is_some_and(|s| s.0 == self.phase) {
+            self.phase += 1;
+        }
+    }
+
+    /// Publishes everything staged; see the type's documentation.
+    pub fn commit(mut self) -> Result<()> {
+        let with_data: Vec<(&Path, &File)> = self
+            .staged
+            .iter()
+            .filter_map(|(_, path, _, t)| t.as_ref().map(|(_, f)| (parent_of(path), f)))
+            .collect();
+        commit::sync_files(&with_data, self.mark)
+            .map_err(|e| DurableError::new("fsync", parent_of(&self.staged[0].1), e))?;
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for i in 0..self.staged.len() {
+            let temp = self.staged[i].3.take().map(|(tmp, _)| tmp);
+            let (phase, ref path, place, _) = self.staged[i];
+            let res = match (&temp, place) {
+                (Some(tmp), Place::Replace) => std::fs::rename(tmp, path),
+                (Some(tmp), Place::IfAbsent) => match rename_noreplace_raw(tmp, path) {
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        let _ = std::fs::remove_file(tmp);
+                        Ok(())
+                    }
+                    r => r,
+                },
+                (None, Place::IfAbsent) => place_empty_new(path, self.empty_src).map(drop),
+                (None, Place::Replace) => replace_with_empty(path, self.empty_src),
+            };
+            if let Err(e) = res {
+                if let Some(tmp) = temp {
+                    let _ = std::fs::remove_file(tmp);
+                }
+                return Err(DurableError::new("rename", path, e));
+            }
+            let dir = parent_of(path);
+            if !dirs.iter().any(|d| d == dir) {
+                dirs.push(dir.to_path_buf());
+            }
+            let last_of_phase = self.staged.get(i + 1).is_none_or(|next| next.0 != phase);
+            if last_of_phase {
+                let refs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+                sync_names(&refs, self.mark)?;
+                dirs.clear();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Txn<'_> {
+    fn drop(&mut self) {
+        for (.., temp) in &self.staged {
+            if let Some((tmp, _)) = temp {
+                let _ = std::fs::remove_file(tmp);
             }
         }
     }
-    for (i, (tmp, path, place)) in staged.iter().enumerate() {
-        let res = match place {
-            Place::Replace => std::fs::rename(tmp, path),
-            Place::IfAbsent => match rename_noreplace_raw(tmp, path) {
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    let _ = std::fs::remove_file(tmp);
-                    Ok(())
-                }
-                r => r,
-            },
-        };
-        if let Err(e) = res {
-            cleanup(&staged[i..]);
-            return Err(DurableError::new("rename", path, e));
-        }
-    }
-    fsync_dir(dir)
 }
 
-/// Writes and fsyncs a temporary sibling of `path`, returning its path.
-fn write_temp(path: &Path, data: &[u8], mode: u32) -> Result<PathBuf> {
+/// Creates an empty file at `path` unless something exists there (Ok(false)).
+fn place_empty_new(path: &Path, empty_src: Option<&Path>) -> io::Result<bool> {
+    if let Some(src) = empty_src {
+        match std::fs::hard_link(src, path) {
+            Ok(()) => {
+                if is_empty_file(path) {
+                    return Ok(true);
+                }
+                // The source gained content since it was chosen: undo.
+                std::fs::remove_file(path)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(_) => {}
+        }
+    }
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .custom_flags(nix::libc::O_CLOEXEC | nix::libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(f) => {
+            f.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Atomically replaces whatever is at `path` with an empty file (a no-op
+/// when it already is one).
+fn replace_with_empty(path: &Path, empty_src: Option<&Path>) -> io::Result<()> {
+    if is_empty_file(path) {
+        return Ok(());
+    }
+    let name = path.file_name().unwrap_or_default();
+    let tmp = parent_of(path).join(tmp_name(name));
+    place_empty_new(&tmp, empty_src)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// A regular file (not a symlink) of length zero.
+fn is_empty_file(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0)
+}
+
+/// Writes a temporary sibling of `path` (not yet synced), returning its
+/// path and open handle.
+fn write_temp(path: &Path, data: &[u8], mode: u32) -> Result<(PathBuf, File)> {
     let dir = parent_of(path);
     let name = path.file_name().ok_or_else(|| {
         DurableError::new("write", path, io::Error::from(io::ErrorKind::InvalidInput))
@@ -180,22 +343,24 @@ fn write_temp(path: &Path, data: &[u8], mode: u32) -> Result<PathBuf> {
         .and_then(|()| {
             f.write_all(data)
                 .map_err(|e| DurableError::new("write", &tmp, e))
-        })
-        // An empty file has no data to order before its name: its inode is
-        // committed with the directory entry by the directory fsync that
-        // follows (ext4, xfs), so the file fsync is skipped for
-        // placeholders and id reservations.
-        .and_then(|()| {
-            if data.is_empty() {
-                return Ok(());
-            }
-            f.sync_all()
-                .map_err(|e| DurableError::new("fsync", &tmp, e))
         });
     if let Err(e) = res {
         drop(f);
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
+    }
+    Ok((tmp, f))
+}
+
+/// `write_temp` followed by its data barrier (skipped for empty files).
+fn write_synced_temp(path: &Path, data: &[u8], mode: u32, mark: Mark) -> Result<PathBuf> {
+    let (tmp, f) = write_temp(path, data, mode)?;
+    if !data.is_empty()
+        && let Err(e) = commit::sync_files(&[(parent_of(path), &f)], mark)
+    {
+        drop(f);
+        let _ = std::fs::remove_file(&tmp);
+        return Err(DurableError::new("fsync", &tmp, e));
     }
     Ok(tmp)
 }
@@ -207,16 +372,30 @@ fn parent_of(path: &Path) -> &Path {
     }
 }
 
-/// fsyncs a directory so the names in it (creations, renames, unlinks) are
+/// Makes the names in `dir` (creations, renames, unlinks made so far)
 /// durable.
-pub fn fsync_dir(dir: &Path) -> Result<()> {
-    let f = File::open(dir).map_err(|e| DurableError::new("open dir", dir, e))?;
-    f.sync_all()
-        .map_err(|e| DurableError::new("fsync dir", dir, e))
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    sync_names(&[dir], Mark::now())
 }
 
-fn fsync_parent(path: &Path) -> Result<()> {
-    fsync_dir(parent_of(path))
+/// Makes the names in every one of `dirs` durable with one barrier.
+pub fn sync_dirs(dirs: &[&Path]) -> Result<()> {
+    sync_names(dirs, Mark::now())
+}
+
+/// Name barrier for `dirs`, mapped to the first directory on error.
+fn sync_names(dirs: &[&Path], mark: Mark) -> Result<()> {
+    commit::sync_dirs(dirs, mark).map_err(|e| {
+        DurableError::new(
+            "fsync dir",
+            dirs.first().copied().unwrap_or(Path::new(".")),
+            e,
+        )
+    })
+}
+
+fn sync_parent(path: &Path, mark: Mark) -> Result<()> {
+    sync_names(&[parent_of(path)], mark)
 }
 
 /// Renames `from` to `to`, failing with `AlreadyExists` instead of replacing
@@ -240,30 +419,33 @@ pub fn rename_noreplace_raw(from: &Path, to: &Path) -> io::Result<()> {
 /// `Err` with kind `AlreadyExists` means someone else already published `to`;
 /// `NotFound` means `from` is gone (someone else moved it first).
 pub fn move_noreplace(from: &Path, to: &Path) -> Result<()> {
+    let mark = Mark::now();
     rename_noreplace_raw(from, to).map_err(|e| DurableError::new("rename", from, e))?;
-    fsync_move_dirs(from, to)
+    sync_move_dirs(from, to, mark)
 }
 
 /// Durably moves `from` to `to`, replacing `to` if present.
 pub fn move_replace(from: &Path, to: &Path) -> Result<()> {
+    let mark = Mark::now();
     std::fs::rename(from, to).map_err(|e| DurableError::new("rename", from, e))?;
-    fsync_move_dirs(from, to)
+    sync_move_dirs(from, to, mark)
 }
 
-fn fsync_move_dirs(from: &Path, to: &Path) -> Result<()> {
+fn sync_move_dirs(from: &Path, to: &Path, mark: Mark) -> Result<()> {
     let (src, dst) = (parent_of(from), parent_of(to));
-    fsync_dir(dst)?;
-    if src != dst {
-        fsync_dir(src)?;
+    if src == dst {
+        sync_names(&[dst], mark)
+    } else {
+        sync_names(&[dst, src], mark)
     }
-    Ok(())
 }
 
 /// Durably removes a file (unlink + fsync of its directory). A missing file
 /// is not an error.
 pub fn remove_file(path: &Path) -> Result<()> {
+    let mark = Mark::now();
     match std::fs::remove_file(path) {
-        Ok(()) => fsync_parent(path),
+        Ok(()) => sync_parent(path, mark),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(DurableError::new("remove", path, e)),
     }
@@ -281,12 +463,13 @@ pub fn create_dir_all(dir: &Path) -> Result<()> {
         create_dir_all(parent)?;
     }
     use std::os::unix::fs::DirBuilderExt;
+    let mark = Mark::now();
     match std::fs::DirBuilder::new().mode(DIR_MODE).create(dir) {
         Ok(()) => {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
                 .map_err(|e| DurableError::new("chmod", dir, e))?;
-            fsync_parent(dir)
+            sync_parent(dir, mark)
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
         Err(e) => Err(DurableError::new("mkdir", dir, e)),
@@ -297,6 +480,7 @@ pub fn create_dir_all(dir: &Path) -> Result<()> {
 /// with one fsync of `parent`.
 pub fn create_subdirs(parent: &Path, names: &[&str]) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
+    let mark = Mark::now();
     let mut created = false;
     for name in names {
         let dir = parent.join(name);
@@ -311,7 +495,7 @@ pub fn create_subdirs(parent: &Path, names: &[&str]) -> Result<()> {
         }
     }
     if created {
-        fsync_dir(parent)?;
+        sync_names(&[parent], mark)?;
     }
     Ok(())
 }

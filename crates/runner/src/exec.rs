@@ -421,8 +421,9 @@ impl JobRun {
                 },
             );
         }
-        self.save_state()?;
-        self.arts.begin_step(step, base + 1)?;
+        self.check_lease()?;
+        let st = self.state().clone();
+        self.arts.begin_step_with_state(step, base + 1, Some(&st))?;
 
         // Hand-off: what this step reads, and which patches it starts from.
         let index = self.job.step_index(step.step_id.as_str()).unwrap_or(0);
@@ -637,18 +638,6 @@ impl JobRun {
             error: out.error.take(),
             steps: None,
         };
-        self.check_lease()?;
-        self.arts.publish_step(
-            &step.step_id,
-            &StepOutput {
-                report_md: out.report_md,
-                patch_diff: out.patch,
-                logs_txt: out.logs,
-                result: result.clone(),
-                raw_stdout: out.raw_stdout,
-                raw_stderr: out.raw_stderr,
-            },
-        )?;
         {
             let st = self.state();
             st.steps.insert(
@@ -680,7 +669,18 @@ impl JobRun {
         context.updated_at = now_rfc3339();
         self.check_lease()?;
         let st = self.state().clone();
-        self.arts.write_state_and_context(&st, context)?;
+        self.arts.publish_step_with(
+            &step.step_id,
+            &StepOutput {
+                report_md: out.report_md,
+                patch_diff: out.patch,
+                logs_txt: out.logs,
+                result: result.clone(),
+                raw_stdout: out.raw_stdout,
+                raw_stderr: out.raw_stderr,
+            },
+            Some((&st, context)),
+        )?;
         Ok(result)
     }
 
@@ -805,8 +805,9 @@ impl JobRun {
             st.finished_at = Some(result.finished_at.clone());
         }
         self.check_lease()?;
-        self.arts.finish_job(&self.job, &result)?;
-        self.save_state()?;
+        let st = self.state().clone();
+        self.arts
+            .finish_job_with_state(&self.job, &result, Some(&st))?;
         let to = if status == Status::Success {
             State::Done
         } else {
@@ -868,8 +869,9 @@ impl JobRun {
             st.current_step = Some(step.step_id.to_string());
         }
         self.check_lease()?;
-        self.arts.finish_job(&self.job, &result)?;
-        self.save_state()?;
+        let st = self.state().clone();
+        self.arts
+            .finish_job_with_state(&self.job, &result, Some(&st))?;
         self.move_queue(State::AwaitingApproval)?;
         self.send_callback(&result);
         tracing::info!(job_id = %self.job.job_id, step_id = %step.step_id, "job parked for approval");
