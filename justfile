@@ -24,3 +24,9 @@ bench:
     cargo build --release --workspace
     cargo bench -p fsqueue --bench queue
     python3 bench/e2e_bench.py
+    crates/gateway/bench/gateway.sh 10s
+    bench/fastapi_bench.sh 10s
+
+# Removes the trees the benchmarks leave under target/bench-tmp.
+bench-clean:
+    rm -rf target/bench-tmp

@@ -95,19 +95,15 @@ def main():
     base = os.path.join(ROOT, "target", "bench-tmp")
     os.makedirs(base, exist_ok=True)
     levels = [int(x) for x in a.concurrency.split(",")]
-    # Every tree is prepared before the first measurement and removed after
-    # the last: deleting thousands of files right before a run would make
-    # that run pay for the filesystem's clean-up of them (ext4 without a
-    # journal skips recently freed inodes when allocating new ones).
+    # Every tree is prepared before the first measurement and kept after
+    # the last (under target/bench-tmp; `just bench-clean` removes them):
+    # deleting thousands of files right before a run would make that run
+    # pay for the filesystem's clean-up of them (ext4 without a journal
+    # skips recently freed inodes when allocating new ones).
     trees = {c: [prepare(a.jobs, base) for _ in range(a.runs)] for c in levels}
-    try:
-        for c in levels:
-            r = [throughput(a.jobs, c, d) for d in trees[c]]
-            print(f"throughput, concurrency {c:>2}: median {statistics.median(r):7.1f} jobs/s  (runs: {', '.join(f'{x:.1f}' for x in r)})")
-    finally:
-        for ds in trees.values():
-            for d in ds:
-                shutil.rmtree(d, ignore_errors=True)
+    for c in levels:
+        r = [throughput(a.jobs, c, d) for d in trees[c]]
+        print(f"throughput, concurrency {c:>2}: median {statistics.median(r):7.1f} jobs/s  (runs: {', '.join(f'{x:.1f}' for x in r)})")
     cpu, rss = idle(base)
     print(f"idle runner: {cpu:.2f} % CPU over 10 s, RSS {rss:.1f} MiB")
 

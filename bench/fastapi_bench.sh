@@ -6,8 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-10s}
 CONNS=${CONNS:-32}
-WORK=$(mktemp -d)
-trap 'kill $PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
+# Kept under target/bench-tmp like the gateway's tree (`just bench-clean`).
+mkdir -p target/bench-tmp
+WORK=$(mktemp -d -p "$PWD/target/bench-tmp" fastapi.XXXXXX)
+trap 'kill $PID 2>/dev/null || true' EXIT
 QUEUE_DIR=$WORK/q WEBHOOK_TOKEN=bench-token python3 -m uvicorn bench.fastapi_intake:app \
   --port 8091 --log-level warning --no-access-log &
 PID=$!

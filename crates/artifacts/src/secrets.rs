@@ -242,6 +242,26 @@ const RULES: &[Rule] = &[
 ];
 
 /// Compiled rules, built once.
+/// One automaton over every rule's keywords, and the rule of each keyword.
+fn keyword_index() -> &'static (aho_corasick::AhoCorasick, Vec<usize>) {
+    static CELL: OnceLock<(aho_corasick::AhoCorasick, Vec<usize>)> = OnceLock::new();
+    CELL.get_or_init(|| {
+        let mut words = Vec::new();
+        let mut rule_of = Vec::new();
+        for (i, r) in RULES.iter().enumerate() {
+            for k in r.keywords.iter().filter(|k| !k.is_empty()) {
+                words.push(*k);
+                rule_of.push(i);
+            }
+        }
+        let ac = aho_corasick::AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .build(&words)
+            .expect("secret-rule keywords are plain strings");
+        (ac, rule_of)
+    })
+}
+
 fn compiled() -> &'static [(usize, Regex)] {
     static CELL: OnceLock<Vec<(usize, Regex)>> = OnceLock::new();
     CELL.get_or_init(|| {
@@ -283,11 +303,18 @@ pub fn scan(text: &str) -> Vec<Finding> {
 /// findings sorted by position, without overlaps: where a generic finding
 /// overlaps a specific one, the specific one wins.
 pub fn scan_bytes(text: &[u8]) -> Vec<Finding> {
-    let lower = text.to_ascii_lowercase();
+    // Which rules' keywords occur at all: one pass over the text for every
+    // keyword of every rule (case-insensitive), instead of one search per
+    // keyword; the regexes run only for rules with a hit.
+    let (keywords, rule_of) = keyword_index();
+    let mut wanted = vec![false; RULES.len()];
+    for m in keywords.find_overlapping_iter(text) {
+        wanted[rule_of[m.pattern().as_usize()]] = true;
+    }
     let mut found: Vec<(usize, usize, &'static Rule)> = Vec::new();
     for (i, re) in compiled() {
         let rule = &RULES[*i];
-        if !rule.keywords.iter().any(|k| contains(&lower, k.as_bytes())) {
+        if !wanted[*i] {
             continue;
         }
         for caps in re.captures_iter(text) {

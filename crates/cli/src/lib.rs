@@ -211,6 +211,7 @@ impl Ctx {
     fn load() -> Result<Self, CliError> {
         let env = contracts::env::EnvSource::load()?;
         let paths = contracts::config::Paths::resolve(&env)?;
+        fsqueue::commit::set_per_file(contracts::config::fsync_per_file(&env)?);
         Ok(Self { env, paths })
     }
 

@@ -209,11 +209,20 @@ pub fn exit_error(program: &str, msg: &dyn std::fmt::Display, code: u8) -> std::
     std::process::ExitCode::from(code)
 }
 
-/// The start of every orch service: the environment (merged with `.env`)
-/// and logging. A problem with either is printed and becomes exit code 2.
+/// `FSYNC_MODE`: `true` for one fsync per file and directory, `false` for
+/// group-committed `syncfs` barriers (applied by each binary with
+/// `fsqueue::commit::set_sync_mode`).
+pub fn fsync_per_file(src: &EnvSource) -> Result<bool, ConfigError> {
+    Ok(src.get_enum(&env::FSYNC_MODE, &["syncfs", "file"])? == "file")
+}
+
+/// The start of every orch service: the environment (merged with `.env`),
+/// logging, and the check of `FSYNC_MODE`. A problem with any is printed
+/// and becomes exit code 2.
 pub fn start(program: &str, verbose: u8) -> Result<EnvSource, std::process::ExitCode> {
     let src = EnvSource::load().map_err(|e| exit_error(program, &e, 2))?;
     init_logging(&src, verbose).map_err(|e| exit_error(program, &e, 2))?;
+    fsync_per_file(&src).map_err(|e| exit_error(program, &e, 2))?;
     Ok(src)
 }
 

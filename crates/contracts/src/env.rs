@@ -54,6 +54,7 @@ env_vars! {
     SCHEDULES_DIR = ("schedules", "scheduler, orch", "Directory of schedule files (`*.json`); a bad file is reported and skipped.");
     PROMPTS_DIR = ("", "all", "Directory of operator-edited prompts: `01_plan.md`, `02_implement.md`, `03_review.md` replace the embedded default-pipeline templates (`{goal}` is substituted) and `roles/<role>.md` replaces the system prompt of a role; unset uses the embedded ones.");
     METRICS_DIR = ("var/metrics", "all", "Directory where processes without HTTP publish Prometheus text files, served by the gateway's `/metrics`.");
+    FSYNC_MODE = ("syncfs", "all", "How durable writes reach the disk. `syncfs`: concurrent writes of a process share one `syncfs(2)` of the filesystem per barrier (group commit). `file`: one `fsync` per file and directory; choose it when the queue and artifacts share a filesystem with write-heavy work (better: put `WORKSPACES_ROOT` on another filesystem).");
     // Runner.
     RUNNER_CONCURRENCY = ("2", "runner", "Jobs one runner process runs at once.");
     RUNNER_LEASE_SEC = ("30", "runner, scheduler, orch", "Lifetime of a claim's lease; renewed by heartbeat about every third of it, and a job whose lease expired is reaped.");

@@ -95,32 +95,88 @@ pub fn write_file_mode(path: &Path, data: &[u8], mode: u32) -> Result<()> {
 /// Durably publishes `data` at `path` only if nothing exists there yet.
 /// Returns `Ok(false)` (and writes nothing) when `path` already exists.
 pub fn write_file_new(path: &Path, data: &[u8]) -> Result<bool> {
-    let mark = Mark::now();
     if data.is_empty() {
         // Nothing to tear: an O_EXCL create is atomic by itself.
-        let placed =
-            place_empty_new(path, None).map_err(|e| DurableError::new("create", path, e))?;
+        let mark = Mark::now();
+        let placed = create_empty_unsynced(path)?;
         if placed {
             sync_names(&[parent_of(path)], mark)?;
         }
         return Ok(placed);
     }
-    let tmp = write_synced_temp(path, data, FILE_MODE, mark)?;
-    let placed = rename_noreplace_raw(&tmp, path);
-    match placed {
-        Ok(()) => {
-            sync_names(&[parent_of(path)], mark)?;
-            Ok(true)
+    write_file_new_after(path, data, &[])
+}
+
+/// `write_file_new` for a file that must not reach the disk before names
+/// created earlier in `earlier` (an id reservation before its job): the
+/// file's data barrier covers them too.
+pub fn write_file_new_after(path: &Path, data: &[u8], earlier: &[&Path]) -> Result<bool> {
+    write_files_new_after(&[(path, data)], earlier)?
+        .pop()
+        .unwrap_or(Ok(false))
+}
+
+/// Several `write_file_new_after` at the cost of one data barrier and one
+/// name barrier. The outer error is a failed barrier (nothing may be
+/// trusted as durable); the inner results are per file (`Ok(false)`: the
+/// name existed, nothing written).
+pub fn write_files_new_after(
+    files: &[(&Path, &[u8])],
+    earlier: &[&Path],
+) -> Result<Vec<Result<bool>>> {
+    let mark = Mark::now();
+    let mut temps: Vec<Result<(PathBuf, File)>> = files
+        .iter()
+        .map(|(path, data)| write_temp(path, data, FILE_MODE))
+        .collect();
+    let remove_temps = |temps: &[Result<(PathBuf, File)>]| {
+        for (tmp, _) in temps.iter().flatten() {
+            let _ = std::fs::remove_file(tmp);
         }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            if e.kind() == io::ErrorKind::AlreadyExists {
-                Ok(false)
-            } else {
-                Err(DurableError::new("rename", path, e))
-            }
-        }
+    };
+    let handles: Vec<(&Path, &File)> = temps
+        .iter()
+        .zip(files)
+        .filter_map(|(t, (path, _))| t.as_ref().ok().map(|(_, f)| (parent_of(path), f)))
+        .collect();
+    if let Err(e) = commit::sync_files_and_dirs(&handles, earlier, mark) {
+        remove_temps(&temps);
+        let at = files.first().map_or(Path::new("."), |(p, _)| parent_of(p));
+        return Err(DurableError::new("fsync", at, e));
     }
+    let mut results = Vec::with_capacity(files.len());
+    let mut dirs: Vec<&Path> = Vec::new();
+    for (t, (path, _)) in temps.drain(..).zip(files) {
+        let res = t.and_then(|(tmp, _)| match rename_noreplace_raw(&tmp, path) {
+            Ok(()) => {
+                let dir = parent_of(path);
+                if !dirs.contains(&dir) {
+                    dirs.push(dir);
+                }
+                Ok(true)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                if e.kind() == io::ErrorKind::AlreadyExists {
+                    Ok(false)
+                } else {
+                    Err(DurableError::new("rename", *path, e))
+                }
+            }
+        });
+        results.push(res);
+    }
+    if !dirs.is_empty() {
+        sync_names(&dirs, mark)?;
+    }
+    Ok(results)
+}
+
+/// Creates an empty file at `path` with `O_EXCL` (`Ok(false)` when the
+/// name exists), without a barrier: the caller makes the name durable
+/// later (see `write_file_new_after`).
+pub fn create_empty_unsynced(path: &Path) -> Result<bool> {
+    place_empty_new(path, None).map_err(|e| DurableError::new("create", path, e))
 }
 
 /// How `write_batch` places one file.
@@ -179,10 +235,12 @@ pub fn write_batch_linked(
 pub struct Txn<'a> {
     mark: Mark,
     empty_src: Option<&'a Path>,
-    /// (phase, final path, place, temp path and handle for files with data)
-    staged: Vec<(usize, PathBuf, Place, Option<(PathBuf, File)>)>,
+    staged: Vec<Staged>,
     phase: usize,
 }
+
+/// (phase, final path, place, temp path and handle for files with data)
+type Staged = (usize, PathBuf, Place, Option<(PathBuf, File)>);
 
 impl<'a> Txn<'a> {
     pub fn new(empty_src: Option<&'a Path>) -> Self {
@@ -591,5 +649,90 @@ mod tests {
                 .file_type()
                 .is_symlink()
         );
+    }
+
+    #[test]
+    fn txn_publishes_across_dirs_in_phases() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        create_dir_all(&a).unwrap();
+        create_dir_all(&b).unwrap();
+        write_file(&a.join("old"), b"before").unwrap();
+        let mut txn = Txn::new(None);
+        txn.file(&a.join("old"), b"after", Place::Replace).unwrap();
+        txn.file(&b.join("x"), b"1", Place::IfAbsent).unwrap();
+        txn.then();
+        txn.file(&b.join("result"), b"done", Place::Replace)
+            .unwrap();
+        // Nothing is visible before the commit.
+        assert_eq!(std::fs::read(a.join("old")).unwrap(), b"before");
+        assert!(!b.join("result").exists());
+        txn.commit().unwrap();
+        assert_eq!(std::fs::read(a.join("old")).unwrap(), b"after");
+        assert_eq!(std::fs::read(b.join("x")).unwrap(), b"1");
+        assert_eq!(std::fs::read(b.join("result")).unwrap(), b"done");
+        for dir in [&a, &b] {
+            let names: Vec<_> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            assert!(names.iter().all(|n| !is_temp_name(n)), "{names:?}");
+        }
+        // A dropped, uncommitted txn leaves no temp files and changes nothing.
+        let mut txn = Txn::new(None);
+        txn.file(&a.join("old"), b"never", Place::Replace).unwrap();
+        drop(txn);
+        assert_eq!(std::fs::read(a.join("old")).unwrap(), b"after");
+        assert_eq!(std::fs::read_dir(&a).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn empty_files_are_links_to_an_empty_source_and_never_copy_content() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        write_batch(d.path(), &[("src", b"", Place::IfAbsent)]).unwrap();
+        write_batch_linked(
+            d.path(),
+            &[("p1", b"", Place::IfAbsent), ("p2", b"", Place::Replace)],
+            Some(&src),
+        )
+        .unwrap();
+        let ino = std::fs::metadata(&src).unwrap().ino();
+        for p in ["p1", "p2"] {
+            let m = std::fs::metadata(d.path().join(p)).unwrap();
+            assert_eq!((m.ino(), m.len()), (ino, 0), "{p} shares the empty inode");
+        }
+        // Content replaces a link without touching the shared inode.
+        write_batch_linked(d.path(), &[("p1", b"data", Place::Replace)], Some(&src)).unwrap();
+        assert_eq!(std::fs::read(d.path().join("p1")).unwrap(), b"data");
+        assert_eq!(std::fs::metadata(&src).unwrap().len(), 0);
+        // Emptying a file with content works; an empty one is left alone.
+        write_batch_linked(d.path(), &[("p1", b"", Place::Replace)], Some(&src)).unwrap();
+        assert_eq!(std::fs::metadata(d.path().join("p1")).unwrap().len(), 0);
+        // A source that is not empty (or missing) is never linked: the
+        // placeholder is a fresh empty file.
+        write_file(&src, b"secret").unwrap();
+        write_batch_linked(d.path(), &[("p3", b"", Place::IfAbsent)], Some(&src)).unwrap();
+        let m = std::fs::metadata(d.path().join("p3")).unwrap();
+        assert_eq!(m.len(), 0);
+        assert_ne!(m.ino(), std::fs::metadata(&src).unwrap().ino());
+        write_batch_linked(
+            d.path(),
+            &[("p4", b"", Place::IfAbsent)],
+            Some(&d.path().join("missing")),
+        )
+        .unwrap();
+        assert_eq!(std::fs::metadata(d.path().join("p4")).unwrap().len(), 0);
+        // An existing placeholder is kept by IfAbsent.
+        write_file(&d.path().join("p5"), b"kept").unwrap();
+        write_batch_linked(d.path(), &[("p5", b"", Place::IfAbsent)], Some(&src)).unwrap();
+        assert_eq!(std::fs::read(d.path().join("p5")).unwrap(), b"kept");
+        // A symlink source is not followed.
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink("/dev/null", &link).unwrap();
+        write_batch_linked(d.path(), &[("p6", b"", Place::IfAbsent)], Some(&link)).unwrap();
+        let m = std::fs::symlink_metadata(d.path().join("p6")).unwrap();
+        assert!(m.is_file() && m.len() == 0);
     }
 }

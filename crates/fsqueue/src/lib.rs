@@ -25,4 +25,4 @@ pub mod signal;
 pub use claim::{Claim, Claimer};
 pub use lease::{ReapOutcome, Reaper, RunnerLock};
 pub use name::Entry;
-pub use queue::{Located, Queue, QueueError, State};
+pub use queue::{Located, NewJob, Queue, QueueError, State};

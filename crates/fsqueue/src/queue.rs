@@ -101,6 +101,24 @@ pub struct Queue {
     root: PathBuf,
 }
 
+/// One job for `Queue::enqueue_many`.
+#[derive(Debug, Clone, Copy)]
+pub struct NewJob<'a> {
+    pub job_id: &'a str,
+    pub doc: &'a [u8],
+    pub prio: u8,
+    pub state: State,
+}
+
+/// A per-job copy of an error that hit a whole batch.
+fn copy_err(e: &DurableError) -> DurableError {
+    DurableError::new(
+        e.op,
+        e.path.clone(),
+        io::Error::new(e.kind(), e.source.to_string()),
+    )
+}
+
 /// Internal directories besides the five states.
 pub const TMP_DIR: &str = "tmp";
 pub const CORRUPT_DIR: &str = "corrupt";
@@ -142,35 +160,78 @@ impl Queue {
     /// enqueued before (until retention prunes it) with `Duplicate`.
     /// Returns only after the file and its directory entry are on disk.
     pub fn enqueue(&self, job_id: &str, doc: &[u8], prio: u8, state: State) -> Result<Located> {
-        if !is_valid_job_id(job_id) {
-            return Err(QueueError::BadJobId(job_id.chars().take(80).collect()));
-        }
-        debug_assert!(matches!(state, State::Pending | State::AwaitingApproval));
-        self.reserve_id(job_id)?;
-        let entry = Entry::new(prio, next_seq(), job_id);
-        let res = self.publish(&entry, doc, state);
-        if res.is_err() {
-            // Nothing was published: free the id so a retry can succeed.
-            let _ = durable::remove_file(&self.id_path(job_id));
-        }
-        res
+        let job = NewJob {
+            job_id,
+            doc,
+            prio,
+            state,
+        };
+        self.enqueue_many(&[job])
+            .pop()
+            .unwrap_or_else(|| Err(QueueError::BadJobId(job_id.chars().take(80).collect())))
     }
 
-    fn publish(&self, entry: &Entry, doc: &[u8], state: State) -> Result<Located> {
-        // Written as a temp file inside the state directory and renamed into
-        // place (no-replace): watchers ignore temp names, so they only ever
-        // see a complete file appear, and one directory fsync suffices.
-        let path = self.dir(state).join(entry.file_name());
-        if !durable::write_file_new(&path, doc)? {
-            return Err(QueueError::Duplicate {
-                job_id: entry.job_id.clone(),
-            });
+    /// `enqueue` for several jobs at the cost of one data barrier and one
+    /// name barrier for all of them (group commit of concurrent webhooks).
+    /// One result per job, in order; each job is durable exactly when its
+    /// result is `Ok`.
+    pub fn enqueue_many(&self, jobs: &[NewJob<'_>]) -> Vec<Result<Located>> {
+        let mut out: Vec<Option<Result<Located>>> = jobs.iter().map(|_| None).collect();
+        let mut staged: Vec<(usize, Located)> = Vec::with_capacity(jobs.len());
+        for (i, j) in jobs.iter().enumerate() {
+            if !is_valid_job_id(j.job_id) {
+                out[i] = Some(Err(QueueError::BadJobId(
+                    j.job_id.chars().take(80).collect(),
+                )));
+                continue;
+            }
+            debug_assert!(matches!(j.state, State::Pending | State::AwaitingApproval));
+            if let Err(e) = self.reserve_id(j.job_id) {
+                out[i] = Some(Err(e));
+                continue;
+            }
+            // Written as a temp file inside the state directory and renamed
+            // into place (no-replace): watchers ignore temp names, so they
+            // only ever see a complete file appear.
+            let entry = Entry::new(j.prio, next_seq(), j.job_id);
+            let path = self.dir(j.state).join(entry.file_name());
+            staged.push((
+                i,
+                Located {
+                    state: j.state,
+                    entry,
+                    path,
+                },
+            ));
         }
-        Ok(Located {
-            state,
-            entry: entry.clone(),
-            path,
-        })
+        let files: Vec<(&Path, &[u8])> = staged
+            .iter()
+            .map(|(i, loc)| (loc.path.as_path(), jobs[*i].doc))
+            .collect();
+        // The id reservations (made above without a barrier of their own)
+        // reach the disk with the job files' data barrier.
+        let ids = self.root.join(IDS_DIR);
+        let placed = durable::write_files_new_after(&files, &[&ids]);
+        for (k, (i, loc)) in staged.into_iter().enumerate() {
+            let res = match &placed {
+                Ok(results) => match &results[k] {
+                    Ok(true) => Ok(loc),
+                    Ok(false) => Err(QueueError::Duplicate {
+                        job_id: loc.entry.job_id.clone(),
+                    }),
+                    Err(e) => Err(QueueError::Io(copy_err(e))),
+                },
+                Err(e) => Err(QueueError::Io(copy_err(e))),
+            };
+            if res.is_err() {
+                // Nothing was published: free the id so a retry can succeed.
+                let _ = durable::remove_file(&self.id_path(jobs[i].job_id));
+            }
+            out[i] = Some(res);
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(QueueError::BadJobId(String::new()))))
+            .collect()
     }
 
     fn id_path(&self, job_id: &str) -> PathBuf {
@@ -180,7 +241,7 @@ impl Queue {
     /// Exactly-once reservation of a job id: a no-replace create in `ids/`.
     fn reserve_id(&self, job_id: &str) -> Result<()> {
         let p = self.id_path(job_id);
-        if durable::write_file_new(&p, b"")? {
+        if durable::create_empty_unsynced(&p)? {
             return Ok(());
         }
         // Taken. Either the job exists, or a crash left the reservation

@@ -14,9 +14,13 @@ THREADS=${THREADS:-2}
 command -v wrk >/dev/null || { echo "error: wrk is not installed (apt-get install wrk)" >&2; exit 2; }
 cargo build --release -p gateway >&2
 BIN=$PWD/target/release/orch-gateway
-WORK=$(mktemp -d)
+# The tree is kept (under target/bench-tmp, removed by `just bench-clean`):
+# deleting ~100,000 files right before the next measurement would make it
+# pay for the filesystem's clean-up (see docs/BENCHMARKS.md).
+mkdir -p target/bench-tmp
+WORK=$(mktemp -d -p "$PWD/target/bench-tmp" gateway.XXXXXX)
 LOG=$WORK/gateway.log
-cleanup() { [[ -n "${GW_PID:-}" ]] && kill "$GW_PID" 2>/dev/null || true; rm -rf "$WORK"; }
+cleanup() { [[ -n "${GW_PID:-}" ]] && kill "$GW_PID" 2>/dev/null || true; }
 trap cleanup EXIT
 
 (cd "$WORK" && WEBHOOK_TOKEN=bench-token WEBHOOK_RATE_LIMIT_MAX_REQUESTS=1000000000 LOG_LEVEL=info \

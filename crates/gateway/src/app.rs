@@ -24,6 +24,8 @@ use std::time::Instant;
 pub struct App {
     pub cfg: Config,
     pub queue: Queue,
+    /// Group-committing writer of new jobs (see `batch`).
+    pub intake: crate::batch::Batcher,
     pub store: artifacts::ArtifactStore,
     pub deliveries: Deliveries,
     pub client_limits: Limiter,

@@ -227,20 +227,7 @@ async fn enqueue(
     doc: Vec<u8>,
     state: State,
 ) -> Result<(), QueueError> {
-    let (a, id) = (app.clone(), job_id.to_owned());
-    tokio::task::spawn_blocking(move || {
-        a.queue
-            .enqueue(&id, &doc, fsqueue::name::DEFAULT_PRIO, state)
-            .map(|_| ())
-    })
-    .await
-    .unwrap_or_else(|e| {
-        Err(QueueError::Io(fsqueue::durable::DurableError::new(
-            "enqueue",
-            app.queue.root(),
-            std::io::Error::other(e.to_string()),
-        )))
-    })
+    app.intake.enqueue(job_id, doc, state).await
 }
 
 /// Normalises, validates and durably enqueues a payload; with a delivery

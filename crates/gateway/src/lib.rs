@@ -15,6 +15,7 @@
 
 mod app;
 pub mod auth;
+pub mod batch;
 pub mod config;
 pub mod crypto;
 pub mod dedup;
@@ -117,7 +118,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         extra_metadata: Default::default(),
         prompts_dir: config.prompts_dir.clone(),
     };
+    let intake = batch::Batcher::start(queue.clone()).map_err(|source| Error::Dir {
+        path: config.queue_root.clone(),
+        source: fsqueue::durable::DurableError::new(
+            "start the intake writer",
+            &config.queue_root,
+            source,
+        ),
+    })?;
     let app = Arc::new(App {
+        intake,
         store: artifacts::ArtifactStore::new(&config.artifacts_root),
         client_limits: ratelimit::Limiter::new(config.rate_window, config.rate_max),
         token_limits: ratelimit::Limiter::new(config.rate_window, config.rate_max),

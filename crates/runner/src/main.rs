@@ -13,6 +13,7 @@ fn main() -> ExitCode {
         Ok(env) => env,
         Err(code) => return code,
     };
+    fsqueue::commit::set_per_file(contracts::config::fsync_per_file(&env).unwrap_or(false));
     let cfg = match Config::resolve(&args, &env) {
         Ok(c) => c,
         Err(e) => return contracts::config::exit_error(PROGRAM, &e, 2),

@@ -11,6 +11,7 @@ mod tidy;
 
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
+use std::process::Stdio;
 use std::time::Duration;
 use support::*;
 
@@ -143,8 +144,16 @@ fn racing_runners_finish_every_job_exactly_once() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // Half the runners use each durability mode (group-committed syncfs,
+    // per-file fsync): the protocol must not depend on it.
     let mut runners: Vec<_> = (0..4)
-        .map(|r| o.spawn_runner(&["--drain", "--id", &format!("race{r}"), "--concurrency", "3"]))
+        .map(|r| {
+            o.runner(&["--drain", "--id", &format!("race{r}"), "--concurrency", "3"])
+                .env("FSYNC_MODE", if r % 2 == 0 { "syncfs" } else { "file" })
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
         .collect();
     for r in runners.iter_mut() {
         let st = r.wait().unwrap();

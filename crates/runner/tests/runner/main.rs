@@ -39,6 +39,7 @@ fn invalid_configuration_is_exit_2_naming_the_variable() {
         ("SIMULATION_STEP_MS", "fast"),
         ("SECRETS_POLICY", "ignore"),
         ("LOG_JSON", "maybe"),
+        ("FSYNC_MODE", "never"),
         ("PROJECT_ALIASES", "web=relative/path"),
     ] {
         let out = runner(d.path())
