@@ -74,6 +74,10 @@ fn depth(rt: &tokio::runtime::Runtime, depth: usize, claims: usize) -> f64 {
         let e = fsqueue::Entry::new(5, fsqueue::name::next_seq(), &format!("depth-{i:09}"));
         std::fs::write(pending.join(e.file_name()), b"{}").unwrap();
     }
+    // Flush the fill before timing: otherwise the first claim's barrier (a
+    // `syncfs` in the default mode) would pay for writing out the whole
+    // fill, which says nothing about the cost of a claim at this depth.
+    fsqueue::durable::sync_dir(&pending).unwrap();
     let claimer = rt.block_on(async { Claimer::new(q.clone(), "bench").unwrap() });
     let t = Instant::now();
     for _ in 0..claims {
