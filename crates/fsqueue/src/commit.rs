@@ -163,9 +163,10 @@ fn group_for(dev: u64, near: &Path) -> io::Result<Arc<Group>> {
     if let Some(g) = groups.lock().unwrap_or_else(|p| p.into_inner()).get(&dev) {
         return Ok(g.clone());
     }
-    // Opened outside the lock: the mount root of `near`, so the handle never
-    // pins a directory that retention may delete later.
-    let anchor = File::open(mount_root(near, dev)?)?;
+    // Opened outside the lock: the mount root of `near` (or the highest
+    // directory on the way there that this user may open), so the handle
+    // never pins a directory that retention may delete later.
+    let anchor = open_anchor(near, dev)?;
     let mut map = groups.lock().unwrap_or_else(|p| p.into_inner());
     Ok(map
         .entry(dev)
@@ -179,17 +180,32 @@ fn group_for(dev: u64, near: &Path) -> io::Result<Arc<Group>> {
         .clone())
 }
 
-/// The highest ancestor of `path` on device `dev`.
-fn mount_root(path: &Path, dev: u64) -> io::Result<PathBuf> {
+/// `path` and its ancestors on device `dev`, highest first.
+fn same_device_ancestors(path: &Path, dev: u64) -> io::Result<Vec<PathBuf>> {
     let path = std::fs::canonicalize(path)?;
-    let mut root = path.clone();
-    for anc in path.ancestors().skip(1) {
+    let mut chain: Vec<PathBuf> = Vec::new();
+    for anc in path.ancestors() {
         match std::fs::metadata(anc) {
-            Ok(m) if m.dev() == dev => root = anc.to_path_buf(),
+            Ok(m) if m.dev() == dev => chain.push(anc.to_path_buf()),
             _ => break,
         }
     }
-    Ok(root)
+    chain.reverse();
+    Ok(chain)
+}
+
+/// A handle on the highest directory of `near`'s filesystem that can be
+/// opened (a mount root that is not readable by the service user is
+/// skipped; `near` itself is the last resort).
+fn open_anchor(near: &Path, dev: u64) -> io::Result<File> {
+    let mut last_err = None;
+    for dir in same_device_ancestors(near, dev)? {
+        match File::open(&dir) {
+            Ok(f) => return Ok(f),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| io::Error::from(io::ErrorKind::NotFound)))
 }
 
 /// Barrier for data written to `files` (each with its directory) since
@@ -273,14 +289,20 @@ mod tests {
     }
 
     #[test]
-    fn mount_root_stays_on_device() {
+    fn anchor_candidates_stay_on_device_highest_first() {
         let d = tempfile::tempdir().unwrap();
         let dev = std::fs::metadata(d.path()).unwrap().dev();
-        let root = mount_root(d.path(), dev).unwrap();
-        assert_eq!(std::fs::metadata(&root).unwrap().dev(), dev);
-        assert!(d.path().canonicalize().unwrap().starts_with(&root));
+        let chain = same_device_ancestors(d.path(), dev).unwrap();
+        let root = &chain[0];
+        assert_eq!(chain.last().unwrap(), &d.path().canonicalize().unwrap());
+        assert!(
+            chain
+                .iter()
+                .all(|p| std::fs::metadata(p).unwrap().dev() == dev)
+        );
         if let Some(parent) = root.parent() {
             assert_ne!(std::fs::metadata(parent).unwrap().dev(), dev);
         }
+        assert!(open_anchor(d.path(), dev).is_ok());
     }
 }

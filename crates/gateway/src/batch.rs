@@ -64,7 +64,7 @@ impl Batcher {
             QueueError::Io(fsqueue::durable::DurableError::new(
                 "enqueue",
                 "orch-intake",
-                std::io::Error::other("the intake writer stopped"),
+                std::io::Error::other("the intake writer failed; the job was not stored"),
             ))
         };
         self.tx.send(req).map_err(|_| gone())?;
@@ -96,7 +96,15 @@ fn run(queue: &Queue, rx: &std::sync::Mutex<mpsc::Receiver<Request>>) {
                 state: r.state,
             })
             .collect();
-        let results = queue.enqueue_many(&jobs);
+        // A panic here must not take intake down for good: the batch's
+        // callers get an error (their reply channels close) and the
+        // writer goes on with the next batch.
+        let Ok(results) =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| queue.enqueue_many(&jobs)))
+        else {
+            tracing::error!(jobs = batch.len(), "intake writer panicked; batch refused");
+            continue;
+        };
         metrics::histogram!("orch_gateway_intake_batch_size").record(batch.len() as f64);
         for (req, res) in batch.into_iter().zip(results) {
             // A client that went away no longer waits for its answer; its

@@ -284,3 +284,49 @@ fn set_mtime_ago(path: &std::path::Path, ago: Duration) {
     let f = std::fs::File::options().write(true).open(path).unwrap();
     f.set_modified(t).unwrap();
 }
+
+#[test]
+fn enqueue_many_answers_each_job_and_publishes_only_the_good_ones() {
+    use fsqueue::{NewJob, QueueError};
+    let (_d, q) = queue();
+    q.enqueue(&id(9), b"{}", 5, State::Pending).unwrap();
+    let (a1, b2, taken) = (id(1), id(2), id(9));
+    fn job(job_id: &str, state: State) -> NewJob<'_> {
+        NewJob {
+            job_id,
+            doc: b"{\"x\":1}",
+            prio: 5,
+            state,
+        }
+    }
+    let res = q.enqueue_many(&[
+        job(&a1, State::Pending),
+        job("../evil", State::Pending),
+        job(&taken, State::Pending),
+        job(&b2, State::AwaitingApproval),
+        // The same id twice in one batch: the first wins.
+        job(&a1, State::Pending),
+    ]);
+    assert_eq!(res.len(), 5);
+    assert_eq!(res[0].as_ref().unwrap().state, State::Pending);
+    assert!(matches!(res[1], Err(QueueError::BadJobId(_))));
+    assert!(matches!(res[2], Err(QueueError::Duplicate { .. })));
+    assert_eq!(res[3].as_ref().unwrap().state, State::AwaitingApproval);
+    assert!(matches!(res[4], Err(QueueError::Duplicate { .. })));
+    // Exactly the accepted jobs are on disk, complete, with their ids.
+    assert_eq!(q.list(State::Pending).unwrap().len(), 2); // taken + a-1
+    assert_eq!(q.list(State::AwaitingApproval).unwrap().len(), 1);
+    for ok in [&res[0], &res[3]] {
+        let loc = ok.as_ref().unwrap();
+        assert_eq!(std::fs::read(&loc.path).unwrap(), b"{\"x\":1}");
+        assert!(q.root().join("ids").join(&loc.entry.job_id).exists());
+    }
+    assert!(!q.root().join("ids").join("../evil").exists());
+    // No temp files anywhere.
+    for st in State::ALL {
+        for e in std::fs::read_dir(q.dir(st)).unwrap() {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            assert!(!fsqueue::durable::is_temp_name(&name), "{name}");
+        }
+    }
+}

@@ -1161,3 +1161,73 @@ async fn count_listed(gw: &Gateway, path: &str) -> usize {
         .expect("a jobs array")
         .len()
 }
+
+/// SIGKILL in the middle of a burst: every request answered 202 has its
+/// complete job file on disk (a 202 is only sent once the job is durable,
+/// batched or not), nothing unreadable is visible as a job, and a restarted
+/// gateway serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_no_accepted_job() {
+    let mut gw = Gateway::start(&[("WEBHOOK_RATE_LIMIT_MAX_REQUESTS", "100000")], &[]);
+    let addr = gw.addr;
+    let auth = bearer(TOKEN);
+    let handles: Vec<_> = (0..600)
+        .map(|i| {
+            let auth = auth.clone();
+            tokio::spawn(async move {
+                // Spread the burst so the kill lands in the middle of it.
+                tokio::time::sleep(Duration::from_millis(i / 4)).await;
+                let body = format!(r#"{{"goal":"burst job {i}"}}"#);
+                request(
+                    addr,
+                    "POST",
+                    "/webhook",
+                    &[
+                        ("Authorization", &auth),
+                        ("Content-Type", "application/json"),
+                    ],
+                    body.as_bytes(),
+                )
+                .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    gw.child.kill().expect("SIGKILL");
+    let _ = gw.child.wait();
+    let mut accepted = Vec::new();
+    for h in handles {
+        // A request cut off by the kill panics inside its task: no answer.
+        if let Ok(r) = h.await
+            && r.status == 202
+        {
+            accepted.push(r.json()["job_id"].as_str().unwrap().to_owned());
+        }
+    }
+    eprintln!("{} of 600 accepted before the kill", accepted.len());
+    assert!(!accepted.is_empty(), "the kill came before any answer");
+    let q = gw.queue();
+    for id in &accepted {
+        let loc = q
+            .find(id)
+            .unwrap()
+            .unwrap_or_else(|| panic!("accepted job {id} is not on disk"));
+        let doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&loc.path).unwrap()).unwrap();
+        assert_eq!(doc["job_id"], id.as_str());
+    }
+    // Whatever else reached pending/ is complete too.
+    for loc in q.list(fsqueue::State::Pending).unwrap() {
+        let doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&loc.path).unwrap()).unwrap();
+        assert_eq!(doc["job_id"], loc.entry.job_id.as_str());
+    }
+    // A restart on the same data serves again.
+    let dir = std::mem::replace(&mut gw.dir, tempfile::tempdir().unwrap());
+    drop(gw);
+    let gw = Gateway::start_in(dir, &[], &[]);
+    let r = gw
+        .post_json("/webhook", r#"{"goal":"after the restart"}"#)
+        .await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+}
