@@ -67,6 +67,9 @@ env_vars! {
     SIMULATION_STEP_MS = ("200", "runner", "Duration of every simulated step in milliseconds; 0 means no sleep (benchmarks).");
     // Gateway.
     GATEWAY_BIND = ("127.0.0.1:8080", "gateway", "Address and port the HTTP gateway listens on.");
+    GATEWAY_HEADER_TIMEOUT_MS = ("10000", "gateway", "Time a client has to send a request's headers (50 to 3600000 ms); a slower client is cut off. The `--header-timeout-ms` flag overrides it.");
+    GATEWAY_BODY_TIMEOUT_MS = ("30000", "gateway", "Time a client has to send a request's body once the headers are in (50 to 3600000 ms); a slower client gets 408. The `--body-timeout-ms` flag overrides it.");
+    GATEWAY_MAX_CONNECTIONS = ("1024", "gateway", "Connections served at once (1 to 1000000); more wait in the kernel's accept queue. The `--max-connections` flag overrides it.");
     WEBHOOK_TOKEN = ("", "gateway", "Single bearer token with every scope (submit, read, admin); compared in constant time, never logged.", secret);
     WEBHOOK_TOKENS = ("", "gateway", "Scoped tokens, MVP format `token=proj1|proj2,token2=*`: each token may submit for the listed projects (`*` = all).", secret);
     WEBHOOK_RATE_LIMIT_WINDOW_SEC = ("60", "gateway", "Length of the rate-limit window, per token and per client address.");
@@ -535,6 +538,9 @@ mod tests {
             &RUNNER_SHUTDOWN_GRACE_SEC,
             &RUNNER_MAX_IDLE_SEC,
             &SIMULATION_STEP_MS,
+            &GATEWAY_HEADER_TIMEOUT_MS,
+            &GATEWAY_BODY_TIMEOUT_MS,
+            &GATEWAY_MAX_CONNECTIONS,
             &WEBHOOK_RATE_LIMIT_WINDOW_SEC,
             &WEBHOOK_RATE_LIMIT_MAX_REQUESTS,
             &MAX_WEBHOOK_BODY_BYTES,

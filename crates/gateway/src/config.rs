@@ -39,13 +39,13 @@ pub struct Args {
     /// JSON file mapping GitHub events to jobs (see docs/API.md); unset uses the defaults
     #[arg(long, value_name = "FILE")]
     pub github_config: Option<PathBuf>,
-    /// Time a client has to send a request's headers [default 10000]
+    /// Time a client has to send a request's headers [env: GATEWAY_HEADER_TIMEOUT_MS, default 10000]
     #[arg(long, value_name = "MS")]
     pub header_timeout_ms: Option<u64>,
-    /// Time a client has to send a request's body [default 30000]
+    /// Time a client has to send a request's body [env: GATEWAY_BODY_TIMEOUT_MS, default 30000]
     #[arg(long, value_name = "MS")]
     pub body_timeout_ms: Option<u64>,
-    /// Connections served at once; more wait in the kernel's accept queue [default 1024]
+    /// Connections served at once; more wait in the kernel's accept queue [env: GATEWAY_MAX_CONNECTIONS, default 1024]
     #[arg(long, value_name = "N")]
     pub max_connections: Option<u64>,
     /// More log output: each -v raises LOG_LEVEL one step; RUST_LOG overrides
@@ -104,10 +104,21 @@ fn path_of(
     }
 }
 
-fn ms_flag(v: Option<u64>, flag: &'static str, default: u64) -> Result<Duration, ConfigError> {
-    match v {
-        None => Ok(Duration::from_millis(default)),
-        Some(ms) if (50..=3_600_000).contains(&ms) => Ok(Duration::from_millis(ms)),
+/// A duration in milliseconds from its flag, else from its variable.
+fn ms_setting(
+    flag_value: Option<u64>,
+    flag: &'static str,
+    env: &EnvSource,
+    var: &contracts::env::EnvVar,
+) -> Result<Duration, ConfigError> {
+    const RANGE: std::ops::RangeInclusive<u64> = 50..=3_600_000;
+    match flag_value {
+        None => Ok(Duration::from_millis(env.get_u64_range(
+            var,
+            *RANGE.start(),
+            *RANGE.end(),
+        )?)),
+        Some(ms) if RANGE.contains(&ms) => Ok(Duration::from_millis(ms)),
         Some(ms) => Err(invalid(
             flag,
             &ms.to_string(),
@@ -154,7 +165,7 @@ impl Config {
         let known_agents = contracts::config::known_agents(env)?;
         let prompts_dir = env.get_str(&ev::PROMPTS_DIR)?.map(PathBuf::from);
         let max_connections = match args.max_connections {
-            None => 1024,
+            None => env.get_u64_range(&ev::GATEWAY_MAX_CONNECTIONS, 1, 1_000_000)? as usize,
             Some(n) if (1..=1_000_000).contains(&n) => n as usize,
             Some(n) => {
                 return Err(invalid(
@@ -196,8 +207,18 @@ impl Config {
                 604_800,
                 10 * 365 * 86_400,
             )?),
-            header_timeout: ms_flag(args.header_timeout_ms, "--header-timeout-ms", 10_000)?,
-            body_timeout: ms_flag(args.body_timeout_ms, "--body-timeout-ms", 30_000)?,
+            header_timeout: ms_setting(
+                args.header_timeout_ms,
+                "--header-timeout-ms",
+                env,
+                &ev::GATEWAY_HEADER_TIMEOUT_MS,
+            )?,
+            body_timeout: ms_setting(
+                args.body_timeout_ms,
+                "--body-timeout-ms",
+                env,
+                &ev::GATEWAY_BODY_TIMEOUT_MS,
+            )?,
             max_connections,
             shutdown_grace: Duration::from_secs(10),
             default_artifact_handoff,

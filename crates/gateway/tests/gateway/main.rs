@@ -734,9 +734,10 @@ async fn oversized_bodies_are_refused_without_buffering() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_are_cut_off_while_others_are_served() {
+    // One timeout from the environment, one from a flag.
     let gw = Gateway::start(
-        &[],
-        &["--header-timeout-ms", "1000", "--body-timeout-ms", "1500"],
+        &[("GATEWAY_HEADER_TIMEOUT_MS", "1000")],
+        &["--body-timeout-ms", "1500"],
     );
     let addr = gw.addr;
     // Headers at one byte a second.
@@ -1064,13 +1065,25 @@ async fn dev_token_warning_only_outside_orch_dev() {
         quiet.log_text()
     );
     // Invalid configuration is a start-up error naming the variable.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orch-gateway"))
-        .env_clear()
-        .env("WEBHOOK_RATE_LIMIT_MAX_REQUESTS", "lots")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("WEBHOOK_RATE_LIMIT_MAX_REQUESTS"));
+    for (var, val) in [
+        ("WEBHOOK_RATE_LIMIT_MAX_REQUESTS", "lots"),
+        ("GATEWAY_HEADER_TIMEOUT_MS", "10"),
+        ("GATEWAY_BODY_TIMEOUT_MS", "99999999999999999999999"),
+        ("GATEWAY_MAX_CONNECTIONS", "0"),
+        ("FSYNC_MODE", "sometimes"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_orch-gateway"))
+            .env_clear()
+            .env(var, val)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}={val}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(var),
+            "{var}={val}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_orch-gateway"))
         .env_clear()
         .env("WEBHOOK_TOKENS", "super-secret-value")
