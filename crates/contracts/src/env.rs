@@ -110,6 +110,9 @@ env_vars! {
     ARTIFACTS_TTL_SEC = ("604800", "scheduler", "Age after which artifacts of terminal jobs are deleted (7 days).");
     WORKSPACES_TTL_SEC = ("172800", "scheduler", "Age after which workspaces of terminal jobs are deleted (2 days).");
     // Logging.
+    NOTIFY_SOCKET = ("", "gateway, runner, scheduler", "Set by systemd for `Type=notify` units (never by hand): where the service reports `READY=1`, `STOPPING=1` and watchdog pings. Unset outside systemd.");
+    WATCHDOG_USEC = ("", "gateway, runner, scheduler", "Set by systemd from `WatchdogSec=`: the service pings from its working loop (the runner from its lease heartbeat) at least twice per period.");
+    WATCHDOG_PID = ("", "gateway, runner, scheduler", "Set by systemd: the process `WATCHDOG_USEC` is meant for; another process ignores it.");
     LOG_LEVEL = ("info", "all", "Log level (`error`, `warn`, `info`, `debug`, `trace`); `RUST_LOG` overrides it with full filter syntax.");
     LOG_JSON = ("0", "all", "Log JSON lines (1) instead of the human format (0).");
 }

@@ -18,6 +18,7 @@ pub mod commit;
 pub mod durable;
 pub mod lease;
 pub mod name;
+pub mod notify;
 pub mod queue;
 pub mod recover;
 pub mod signal;

@@ -18,6 +18,7 @@ pub async fn shutdown() {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
+    crate::notify::stopping();
 }
 
 /// Runs a service until it returns: `service` receives the shutdown future

@@ -140,13 +140,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         cfg: config,
     });
     let maintenance = tokio::spawn(maintain(app.clone()));
+    let watchdog = tokio::spawn(watchdog(app.clone()));
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         queue = %app.cfg.queue_root.display(),
         "listening on http://{local}"
     );
+    fsqueue::notify::ready();
     server::serve(listener, app, shutdown).await;
     maintenance.abort();
+    watchdog.abort();
     tracing::info!("gateway stopped");
     Ok(())
 }
@@ -170,6 +173,27 @@ fn warn_about_config(cfg: &Config) {
 /// Background upkeep of delivery records: finish deliveries interrupted by
 /// a crash (once the orphan age has passed, so a live peer gateway is not
 /// raced), and prune records past the dedup window, hourly.
+/// systemd watchdog pings (when asked for): each one after a round trip
+/// through the blocking pool and the queue directory, so a wedged runtime or
+/// an unreachable queue stops the pings.
+async fn watchdog(app: Arc<App>) {
+    let Some(every) = fsqueue::notify::watchdog_interval() else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(every / 2).await;
+        let a = app.clone();
+        let ok = tokio::task::spawn_blocking(move || a.queue.root().is_dir())
+            .await
+            .unwrap_or(false);
+        if ok {
+            fsqueue::notify::watchdog();
+        } else {
+            tracing::warn!("queue directory unreachable; withholding the watchdog ping");
+        }
+    }
+}
+
 async fn maintain(app: Arc<App>) {
     tokio::time::sleep(dedup::ORPHAN_AGE + Duration::from_secs(1)).await;
     loop {

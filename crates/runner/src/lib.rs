@@ -102,6 +102,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         drain = cfg.drain,
         "runner started"
     );
+    fsqueue::notify::ready();
     tokio::pin!(shutdown);
     let mut stopping = false;
     loop {
@@ -289,6 +290,9 @@ async fn heartbeat_loop(
             _ = tick.tick() => {}
             _ = stop.cancelled() => break,
         }
+        // The heartbeat is the runner's working loop: if it stalls, leases
+        // are not renewed either, and systemd's watchdog restarts us.
+        fsqueue::notify::watchdog();
         let snapshot: Vec<(String, fsqueue::Located, JobControl)> = lock_active(&active)
             .iter()
             .map(|(k, (l, c))| (k.clone(), l.clone(), c.clone()))

@@ -41,12 +41,16 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         "scheduler started"
     );
     tokio::pin!(shutdown);
+    // Ticks at least as often as systemd's watchdog wants a ping.
+    let every = fsqueue::notify::watchdog_interval().map_or(every, |w| every.min(w));
     let mut tick = tokio::time::interval(every);
+    fsqueue::notify::ready();
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tick.tick() => {}
         }
+        fsqueue::notify::watchdog();
         let r = reaper.clone();
         match tokio::task::spawn_blocking(move || r.reap()).await {
             Ok(Ok(outcomes)) => {
