@@ -622,26 +622,7 @@ async fn same_delivery_sent_100_times_concurrently_makes_one_job() {
 async fn thousand_concurrent_webhooks_all_durable() {
     let gw = Gateway::start(&[("WEBHOOK_RATE_LIMIT_MAX_REQUESTS", "100000")], &[]);
     let addr = gw.addr;
-    let auth = bearer(TOKEN);
-    let handles: Vec<_> = (0..1000)
-        .map(|i| {
-            let auth = auth.clone();
-            tokio::spawn(async move {
-                let body = format!(r#"{{"goal":"job number {i}"}}"#);
-                request(
-                    addr,
-                    "POST",
-                    "/webhook",
-                    &[
-                        ("Authorization", &auth),
-                        ("Content-Type", "application/json"),
-                    ],
-                    body.as_bytes(),
-                )
-                .await
-            })
-        })
-        .collect();
+    let handles = webhook_burst(addr, 1000, Duration::ZERO);
     let mut accepted = 0;
     let mut ids = std::collections::HashSet::new();
     for h in handles {
@@ -1175,22 +1156,20 @@ async fn count_listed(gw: &Gateway, path: &str) -> usize {
         .len()
 }
 
-/// SIGKILL in the middle of a burst: every request answered 202 has its
-/// complete job file on disk (a 202 is only sent once the job is durable,
-/// batched or not), nothing unreadable is visible as a job, and a restarted
-/// gateway serves again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_under_load_loses_no_accepted_job() {
-    let mut gw = Gateway::start(&[("WEBHOOK_RATE_LIMIT_MAX_REQUESTS", "100000")], &[]);
-    let addr = gw.addr;
+/// `n` concurrent `POST /webhook` requests (goal "job number <i>"), the
+/// i-th started after `i × stagger`.
+fn webhook_burst(
+    addr: std::net::SocketAddr,
+    n: u32,
+    stagger: Duration,
+) -> Vec<tokio::task::JoinHandle<Resp>> {
     let auth = bearer(TOKEN);
-    let handles: Vec<_> = (0..600)
+    (0..n)
         .map(|i| {
             let auth = auth.clone();
             tokio::spawn(async move {
-                // Spread the burst so the kill lands in the middle of it.
-                tokio::time::sleep(Duration::from_millis(i / 4)).await;
-                let body = format!(r#"{{"goal":"burst job {i}"}}"#);
+                tokio::time::sleep(stagger * i).await;
+                let body = format!(r#"{{"goal":"job number {i}"}}"#);
                 request(
                     addr,
                     "POST",
@@ -1204,7 +1183,19 @@ async fn sigkill_under_load_loses_no_accepted_job() {
                 .await
             })
         })
-        .collect();
+        .collect()
+}
+
+/// SIGKILL in the middle of a burst: every request answered 202 has its
+/// complete job file on disk (a 202 is only sent once the job is durable,
+/// batched or not), nothing unreadable is visible as a job, and a restarted
+/// gateway serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_no_accepted_job() {
+    let mut gw = Gateway::start(&[("WEBHOOK_RATE_LIMIT_MAX_REQUESTS", "100000")], &[]);
+    let addr = gw.addr;
+    // Spread over 150 ms so the kill lands in the middle of the burst.
+    let handles = webhook_burst(addr, 600, Duration::from_micros(250));
     tokio::time::sleep(Duration::from_millis(60)).await;
     gw.child.kill().expect("SIGKILL");
     let _ = gw.child.wait();
