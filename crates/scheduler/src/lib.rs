@@ -1,6 +1,9 @@
-//! `orch-scheduler`: the housekeeping process. For now it reaps expired
-//! leases (so abandoned jobs come back even when every runner is down or
-//! busy); cron schedules and retention build on the same loop.
+//! `orch-scheduler`: the housekeeping process. It reaps expired leases (so
+//! abandoned jobs come back even when every runner is down or busy) and
+//! applies retention (`retention`); cron schedules will build on the same
+//! loop.
+
+pub mod retention;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -10,16 +13,33 @@ use std::time::Duration;
 pub struct Config {
     pub queue_root: PathBuf,
     pub artifacts_root: PathBuf,
+    pub workspaces_root: PathBuf,
     pub lease: Duration,
     pub max_reclaims: u32,
+    /// `RETENTION_INTERVAL_SEC`; `None` turns retention off.
+    pub retention_every: Option<Duration>,
+    pub artifacts_ttl: Duration,
+    pub workspaces_ttl: Duration,
+    pub dedup_window: Duration,
 }
 
 impl Config {
     pub fn resolve(env: &contracts::env::EnvSource) -> Result<Self, contracts::env::ConfigError> {
+        use contracts::env as ev;
         let paths = contracts::config::Paths::resolve(env)?;
+        const TEN_YEARS: u64 = 10 * 365 * 86_400;
+        let secs = |v: &contracts::env::EnvVar, min: u64, max: u64| {
+            env.get_u64_range(v, min, max).map(Duration::from_secs)
+        };
+        let every = secs(&ev::RETENTION_INTERVAL_SEC, 0, 7 * 86_400)?;
         Ok(Self {
             queue_root: paths.queue_root,
             artifacts_root: paths.artifacts_root,
+            workspaces_root: paths.workspaces_root,
+            retention_every: (!every.is_zero()).then_some(every),
+            artifacts_ttl: secs(&ev::ARTIFACTS_TTL_SEC, 1, TEN_YEARS)?,
+            workspaces_ttl: secs(&ev::WORKSPACES_TTL_SEC, 1, TEN_YEARS)?,
+            dedup_window: secs(&ev::DEDUP_WINDOW_SEC, 604_800, TEN_YEARS)?,
             lease: Duration::from_secs(env.get_u64_range(
                 &contracts::env::RUNNER_LEASE_SEC,
                 1,
@@ -34,16 +54,26 @@ impl Config {
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     let queue = fsqueue::Queue::open(&cfg.queue_root).map_err(|e| e.to_string())?;
     let store = artifacts::ArtifactStore::new(&cfg.artifacts_root);
+    let retention = retention::Retention {
+        queue: queue.clone(),
+        store: store.clone(),
+        workspaces_root: cfg.workspaces_root.clone(),
+        artifacts_ttl: cfg.artifacts_ttl,
+        workspaces_ttl: cfg.workspaces_ttl,
+        queue_ttl: cfg.dedup_window,
+    };
     let reaper = fsqueue::Reaper::new(queue, cfg.lease, cfg.max_reclaims);
     let every = (cfg.lease / 3).clamp(Duration::from_millis(500), Duration::from_secs(10));
     tracing::info!(
         reap_every_ms = every.as_millis() as u64,
+        retention_every_sec = cfg.retention_every.map(|d| d.as_secs()),
         "scheduler started"
     );
     tokio::pin!(shutdown);
     // Ticks at least as often as systemd's watchdog wants a ping.
     let every = fsqueue::notify::watchdog_interval().map_or(every, |w| every.min(w));
     let mut tick = tokio::time::interval(every);
+    let mut next_sweep = cfg.retention_every.map(|_| tokio::time::Instant::now());
     fsqueue::notify::ready();
     loop {
         tokio::select! {
@@ -51,6 +81,22 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             _ = tick.tick() => {}
         }
         fsqueue::notify::watchdog();
+        if let (Some(at), Some(period)) = (next_sweep, cfg.retention_every)
+            && tokio::time::Instant::now() >= at
+        {
+            next_sweep = Some(at + period);
+            let r = retention.clone();
+            match tokio::task::spawn_blocking(move || r.sweep(std::time::SystemTime::now())).await {
+                Ok(s) if s != retention::Swept::default() => tracing::info!(
+                    workspaces = s.workspaces,
+                    artifacts = s.artifacts,
+                    queue_files = s.queue_files,
+                    "retention sweep"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+            }
+        }
         let r = reaper.clone();
         match tokio::task::spawn_blocking(move || r.reap()).await {
             Ok(Ok(outcomes)) => {
