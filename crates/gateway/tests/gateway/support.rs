@@ -211,7 +211,23 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Resp {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
+    try_request(addr, method, path, headers, body)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// `request` that reports a refused connection or a connection closed
+/// without an answer (a killed server) instead of panicking.
+pub async fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Resp, String> {
+    let mut s = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -225,12 +241,16 @@ pub async fn request(
     // The server may answer and close before reading everything (413):
     // a write error is not a test failure, the response decides.
     let _ = s.write_all(&out).await;
-    read_response(&mut s).await
+    try_read_response(&mut s).await
 }
 
 /// Reads a whole response (the server closes after it, or we stop at the
 /// declared length).
 pub async fn read_response(s: &mut TcpStream) -> Resp {
+    try_read_response(s).await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn try_read_response(s: &mut TcpStream) -> Result<Resp, String> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16384];
     loop {
@@ -241,14 +261,14 @@ pub async fn read_response(s: &mut TcpStream) -> Resp {
                 if let Some(r) = parse_response(&buf)
                     && complete(&r, &buf)
                 {
-                    return r;
+                    return Ok(r);
                 }
             }
-            Err(_) => panic!("no response within 20 s"),
+            Err(_) => return Err("no response within 20 s".into()),
         }
     }
     parse_response(&buf)
-        .unwrap_or_else(|| panic!("no parseable response: {:?}", String::from_utf8_lossy(&buf)))
+        .ok_or_else(|| format!("no parseable response: {:?}", String::from_utf8_lossy(&buf)))
 }
 
 fn complete(r: &Resp, _buf: &[u8]) -> bool {
