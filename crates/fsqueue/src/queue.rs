@@ -424,14 +424,17 @@ impl Queue {
         // A unique prefix so two corrupt files with the same name never collide.
         let dest_name = format!("{}-{}", next_seq(), sanitize_file_name(&name));
         let dest = self.root.join(CORRUPT_DIR).join(&dest_name);
-        durable::write_file(
-            &self
-                .root
-                .join(CORRUPT_DIR)
-                .join(format!("{dest_name}.reason")),
-            format!("{reason}\n").as_bytes(),
-        )?;
-        durable::move_noreplace(path, &dest)?;
+        let reason_file = self
+            .root
+            .join(CORRUPT_DIR)
+            .join(format!("{dest_name}.reason"));
+        durable::write_file(&reason_file, format!("{reason}\n").as_bytes())?;
+        if let Err(e) = durable::move_noreplace(path, &dest) {
+            // Nothing was quarantined (typically: a live process moved the
+            // file meanwhile): no reason without its file.
+            let _ = durable::remove_file(&reason_file);
+            return Err(e.into());
+        }
         tracing::warn!(file = %path.display(), to = %dest.display(), reason, "quarantined corrupt queue file");
         Ok(dest)
     }

@@ -12,7 +12,7 @@
 
 use crate::durable;
 use crate::name::Entry;
-use crate::queue::{Queue, Result, State, TMP_DIR};
+use crate::queue::{Queue, QueueError, Result, State, TMP_DIR};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -141,6 +141,11 @@ impl RecoveryReport {
     fn quarantine(&mut self, queue: &Queue, path: PathBuf, reason: &str) {
         match queue.quarantine(&path, reason) {
             Ok(_) => self.quarantined.push((path, reason.to_owned())),
+            // Moved meanwhile by a live process (a runner claiming while
+            // another one recovers): not a problem, nothing to quarantine.
+            Err(QueueError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::debug!(file = %path.display(), "moved before it could be quarantined");
+            }
             Err(e) => tracing::warn!(file = %path.display(), error = %e, "could not quarantine"),
         }
     }

@@ -330,3 +330,19 @@ fn enqueue_many_answers_each_job_and_publishes_only_the_good_ones() {
         }
     }
 }
+
+#[test]
+fn quarantining_a_file_that_moved_meanwhile_leaves_nothing_behind() {
+    let (_d, q) = queue();
+    let gone = q.dir(State::Pending).join("5-1-job-00000001~0.0.json");
+    let err = q.quarantine(&gone, "test").unwrap_err();
+    assert!(
+        matches!(&err, fsqueue::QueueError::Io(e) if e.kind() == std::io::ErrorKind::NotFound),
+        "{err:?}"
+    );
+    let left: Vec<_> = std::fs::read_dir(q.root().join("corrupt"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
