@@ -16,9 +16,6 @@ use tokio::sync::oneshot;
 
 /// Most jobs written in one batch; the rest wait for the next.
 const MAX_BATCH: usize = 256;
-/// Writer threads: while one waits for the disk, the other prepares the
-/// next batch (their barriers are shared, see `fsqueue::commit`).
-const WRITERS: usize = 1;
 
 struct Request {
     job_id: String,
@@ -36,13 +33,9 @@ pub struct Batcher {
 impl Batcher {
     pub fn start(queue: Queue) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Request>();
-        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
-        for i in 0..WRITERS {
-            let (queue, rx) = (queue.clone(), rx.clone());
-            std::thread::Builder::new()
-                .name(format!("orch-intake-{i}"))
-                .spawn(move || run(&queue, &rx))?;
-        }
+        std::thread::Builder::new()
+            .name("orch-intake".into())
+            .spawn(move || run(&queue, &rx))?;
         Ok(Self { tx })
     }
 
@@ -72,21 +65,16 @@ impl Batcher {
     }
 }
 
-fn run(queue: &Queue, rx: &std::sync::Mutex<mpsc::Receiver<Request>>) {
-    loop {
-        // The next batch: whatever queued up while the writers were busy.
-        let batch = {
-            let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
-            let Ok(first) = rx.recv() else { return };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(r) => batch.push(r),
-                    Err(_) => break,
-                }
+fn run(queue: &Queue, rx: &mpsc::Receiver<Request>) {
+    // Each batch: whatever queued up while the previous one was written.
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
             }
-            batch
-        };
+        }
         let jobs: Vec<NewJob<'_>> = batch
             .iter()
             .map(|r| NewJob {

@@ -82,45 +82,47 @@ impl Retention {
                     continue;
                 };
                 let mut did = false;
+                // Counts a deletion, logs a failure.
+                let mut tally = |res: Result<bool, String>, n: &mut usize, what: &str| match res {
+                    Ok(true) => {
+                        *n += 1;
+                        did = true;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(job_id = %id, error = %e, "retention: cannot delete the {what}")
+                    }
+                };
                 // Re-checked before each deletion: a job retried meanwhile
                 // is not terminal any more and keeps everything.
                 if age > self.workspaces_ttl && loc.path.exists() {
-                    match remove_tree(&self.workspaces_root, id.as_str()) {
-                        Ok(true) => {
-                            swept.workspaces += 1;
-                            did = true;
-                        }
-                        Ok(false) => {}
-                        Err(e) => {
-                            tracing::warn!(job_id = %id, error = %e, "retention: cannot delete the workspace")
-                        }
-                    }
+                    let res = remove_tree(&self.workspaces_root, id.as_str());
+                    tally(
+                        res.map_err(|e| e.to_string()),
+                        &mut swept.workspaces,
+                        "workspace",
+                    );
                 }
                 if age > self.artifacts_ttl && loc.path.exists() {
-                    match self.store.delete_job(&id) {
-                        Ok(true) => {
-                            swept.artifacts += 1;
-                            did = true;
-                        }
-                        Ok(false) => {}
-                        Err(e) => {
-                            tracing::warn!(job_id = %id, error = %e, "retention: cannot delete the artifacts")
-                        }
-                    }
+                    let res = self.store.delete_job(&id);
+                    tally(
+                        res.map_err(|e| e.to_string()),
+                        &mut swept.artifacts,
+                        "artifacts",
+                    );
                 }
                 if age > forget_after {
-                    match fsqueue::durable::remove_file(&loc.path) {
-                        Ok(()) => {
-                            if let Err(e) = self.queue.forget_id(id.as_str()) {
-                                tracing::warn!(job_id = %id, error = %e, "retention: cannot release the job id");
-                            }
-                            swept.queue_files += 1;
-                            did = true;
+                    let res = fsqueue::durable::remove_file(&loc.path).map(|()| {
+                        if let Err(e) = self.queue.forget_id(id.as_str()) {
+                            tracing::warn!(job_id = %id, error = %e, "retention: cannot release the job id");
                         }
-                        Err(e) => {
-                            tracing::warn!(job_id = %id, error = %e, "retention: cannot delete the queue file")
-                        }
-                    }
+                        true
+                    });
+                    tally(
+                        res.map_err(|e| e.to_string()),
+                        &mut swept.queue_files,
+                        "queue file",
+                    );
                 }
                 touched += usize::from(did);
             }

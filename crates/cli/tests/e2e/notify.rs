@@ -67,23 +67,30 @@ fn services_report_ready_watchdog_and_stopping() {
 
 #[test]
 fn no_watchdog_pings_for_another_process_or_without_a_socket() {
-    // WATCHDOG_PID names another process: readiness yes, pings no.
+    // WATCHDOG_PID names another process, or WATCHDOG_USEC is garbage:
+    // readiness yes, pings no.
     let o = Orch::new();
-    let path = o.root().join("notify.sock");
-    let sock = UnixDatagram::bind(&path).unwrap();
-    let mut child = o
-        .cmd("orch-scheduler")
-        .env("NOTIFY_SOCKET", &path)
-        .env("WATCHDOG_USEC", "400000")
-        .env("WATCHDOG_PID", "1")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let got = collect(&sock, Duration::from_secs(3), "never");
-    assert!(got.contains(&"READY=1".to_owned()), "{got:?}");
-    assert!(!got.contains(&"WATCHDOG=1".to_owned()), "{got:?}");
-    sigterm(&child);
-    assert!(child.wait().unwrap().success());
+    for (usec, pid) in [("400000", "1"), ("lots", ""), ("-5", ""), ("0", "")] {
+        let path = o.root().join("notify.sock");
+        let _ = std::fs::remove_file(&path);
+        let sock = UnixDatagram::bind(&path).unwrap();
+        let mut child = o
+            .cmd("orch-scheduler")
+            .env("NOTIFY_SOCKET", &path)
+            .env("WATCHDOG_USEC", usec)
+            .env("WATCHDOG_PID", pid)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let got = collect(&sock, Duration::from_secs(2), "never");
+        assert!(got.contains(&"READY=1".to_owned()), "{usec}/{pid}: {got:?}");
+        assert!(
+            !got.contains(&"WATCHDOG=1".to_owned()),
+            "{usec}/{pid}: {got:?}"
+        );
+        sigterm(&child);
+        assert!(child.wait().unwrap().success());
+    }
     // A NOTIFY_SOCKET that leads nowhere does not stop the service.
     let mut child = o
         .cmd("orch-scheduler")
