@@ -70,7 +70,13 @@ pub fn apply(
         Action::Approve => {
             queue.transition(id, &[State::AwaitingApproval], State::Pending, false)?
         }
-        Action::Retry => queue.transition(id, &[State::Failed], State::Pending, true)?,
+        Action::Retry => {
+            let to = queue.transition(id, &[State::Failed], State::Pending, true)?;
+            // Requests written for earlier claims (an unlock's, or a cancel
+            // that lost a race) must not reach the next one.
+            queue.clear_requests(id, Some(to.entry.attempt));
+            to
+        }
         Action::Reject => {
             let to = queue.transition(id, &[State::AwaitingApproval], State::Failed, false)?;
             record(
@@ -85,39 +91,59 @@ pub fn apply(
             to
         }
         Action::Cancel => {
-            match queue.transition(
-                id,
-                &[State::Pending, State::AwaitingApproval],
-                State::Failed,
-                false,
-            ) {
-                Ok(to) => {
-                    record(
-                        queue,
-                        store,
-                        job_id,
-                        &to,
-                        Status::Cancelled,
-                        "cancelled",
-                        "cancelled by an operator",
-                    );
-                    to
+            // A job can move between the transition and the request (a
+            // running job reaped back to pending): look again, a few times.
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                match queue.transition(
+                    id,
+                    &[State::Pending, State::AwaitingApproval],
+                    State::Failed,
+                    false,
+                ) {
+                    Ok(to) => {
+                        record(
+                            queue,
+                            store,
+                            job_id,
+                            &to,
+                            Status::Cancelled,
+                            "cancelled",
+                            "cancelled by an operator",
+                        );
+                        break to;
+                    }
+                    Err(QueueError::WrongState {
+                        actual: State::Running,
+                        ..
+                    }) => {
+                        // The request names the claim seen running: only
+                        // that attempt's runner obeys it.
+                        if let Some(loc) = queue.find(id)?
+                            && loc.state == State::Running
+                        {
+                            queue.request(&loc, "cancel")?;
+                            return Ok(Outcome::CancelRequested);
+                        }
+                    }
+                    Err(QueueError::NotFound { .. }) if tries < 3 => {}
+                    Err(e) => return Err(e),
                 }
-                Err(QueueError::WrongState {
-                    actual: State::Running,
-                    ..
-                }) => {
-                    queue.request(id, "cancel")?;
-                    return Ok(Outcome::CancelRequested);
+                if tries >= 3 {
+                    return Err(QueueError::NotFound {
+                        job_id: id.to_owned(),
+                    });
                 }
-                Err(e) => return Err(e),
             }
         }
         Action::Unlock => {
             let to = queue.transition(id, &[State::Running], State::Failed, false)?;
             // The owner finds its lease gone at its next renewal and stops
-            // the agent; the request makes it notice within a second.
-            let _ = queue.request(id, "cancel");
+            // the agent; the request (for the claim just unlocked, which
+            // keeps its attempt number in failed/) makes it notice within a
+            // second, and can never stop a later claim.
+            let _ = queue.request(&to, "cancel");
             record(
                 queue,
                 store,

@@ -33,6 +33,7 @@ impl JobArtifacts {
                 finished_at: None,
                 current_step: None,
                 attempt: 0,
+                gotos: 0,
                 steps: Default::default(),
             },
         };

@@ -97,7 +97,7 @@ pub enum Cmd {
     Retry(JobArg),
     /// Force a running job to failed and stop its agent (stuck jobs)
     Unlock(JobArg),
-    /// Reap expired leases and quarantine corrupt queue files now
+    /// Reap expired leases, quarantine corrupt queue files and clear what dead processes left, now
     Recover {
         #[arg(long)]
         json: bool,

@@ -66,12 +66,12 @@ pub fn act(ctx: &Ctx, s: &str, action: Action) -> Result<u8, CliError> {
 
 pub fn recover(ctx: &Ctx, as_json: bool) -> Result<u8, CliError> {
     let queue = ctx.queue()?;
-    let names = contracts::config::known_agents(&ctx.env)?;
-    let agents: Vec<&str> = names.iter().map(String::as_str).collect();
+    // Structure only: a job naming an agent this host's AGENTS_CONFIG does
+    // not list may belong to a runner elsewhere that has it.
     let validate = |b: &[u8]| -> Result<(), String> {
         let v: serde_json::Value =
             serde_json::from_slice(b).map_err(|e| format!("not valid JSON: {e}"))?;
-        contracts::validate::validate_job(&v, &agents)
+        contracts::validate::validate_job_structure(&v)
             .map(|_| ())
             .map_err(|v| v.to_string())
     };
@@ -89,6 +89,19 @@ pub fn recover(ctx: &Ctx, as_json: bool) -> Result<u8, CliError> {
     for o in &reaped {
         control::record_reaped(&queue, &store, o);
     }
+    // What dead processes left: their runners' files, requests of ended
+    // claims, old temp files.
+    let paths = contracts::config::Paths::resolve(&ctx.env)?;
+    let dead_runners = fsqueue::tidy::prune_dead_runners(&queue, Some(&paths.metrics_dir), lease);
+    let requests_removed = queue.prune_requests();
+    let temps_removed = fsqueue::tidy::remove_orphan_temps(
+        &[
+            (queue.root(), 2),
+            (store.root(), 4),
+            (&paths.metrics_dir, 1),
+        ],
+        fsqueue::recover::STALE_TEMP_AGE,
+    );
     let reaped_doc: Vec<_> = reaped
         .iter()
         .map(|o| match o {
@@ -102,7 +115,10 @@ pub fn recover(ctx: &Ctx, as_json: bool) -> Result<u8, CliError> {
         .collect();
     let doc = json!({
         "checked": report.checked,
-        "temp_removed": report.temp_removed,
+        "temp_removed": report.temp_removed + temps_removed,
+        "dead_runners_removed": dead_runners,
+        "requests_removed": requests_removed,
+        "skipped_live": report.skipped_live,
         "quarantined": report.quarantined.iter().map(|(p, r)| json!({"file": p.display().to_string(), "reason": r})).collect::<Vec<_>>(),
         "reaped": reaped_doc,
     });
@@ -110,9 +126,12 @@ pub fn recover(ctx: &Ctx, as_json: bool) -> Result<u8, CliError> {
         print_json(&doc);
     } else {
         println!(
-            "checked {} live job files; removed {} stale temp files; quarantined {}; reaped {}",
+            "checked {} live job files (left {} claims of live runners alone); removed {} stale temp files, {} stale requests, the files of {} dead runners; quarantined {}; reaped {}",
             report.checked,
-            report.temp_removed,
+            report.skipped_live,
+            report.temp_removed + temps_removed,
+            requests_removed,
+            dead_runners.len(),
             report.quarantined.len(),
             reaped.len()
         );

@@ -22,8 +22,16 @@ pub struct JobState {
     /// The queue claim number this state was written under (the fencing token).
     #[serde(default)]
     pub attempt: u32,
+    /// `goto` jumps taken so far (bounded by `RUNNER_MAX_GOTO`); kept here
+    /// so a reclaimed or resumed job does not start counting again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gotos: u32,
     /// Keyed by step id.
     pub steps: BTreeMap<String, StepState>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One step's entry in `state.json`.

@@ -214,7 +214,23 @@ pub fn type_name(v: &Value) -> &'static str {
 /// accepted where an integer is expected (JSON Schema's definition of
 /// `integer`); `1.5`, negative, out-of-range and non-number values are not.
 pub fn validate_job(value: &Value, known_agents: &[&str]) -> Result<Job, Violations> {
-    let mut c = Checker::default();
+    check_job(value, Checker::default(), known_agents)
+}
+
+/// Validates a job document's structure only: every check of
+/// [`validate_job`] except that its agents are known here. For queue
+/// recovery, which must not judge other runners' jobs by this host's agent
+/// registry (a runner without a custom agent is not a reason to quarantine
+/// the job of a runner that has it).
+pub fn validate_job_structure(value: &Value) -> Result<Job, Violations> {
+    let c = Checker {
+        any_agent: true,
+        ..Checker::default()
+    };
+    check_job(value, c, &[])
+}
+
+fn check_job(value: &Value, mut c: Checker, known_agents: &[&str]) -> Result<Job, Violations> {
     c.job(value, known_agents);
     if !c.out.is_empty() {
         return Err(c.out.capped());
@@ -301,6 +317,8 @@ const POLICY_KEYS: &[&str] = &[
 #[derive(Default)]
 struct Checker {
     out: Violations,
+    /// Any well-formed agent name passes (structure-only validation).
+    any_agent: bool,
 }
 
 impl Checker {
@@ -659,7 +677,7 @@ impl Checker {
                             quote(s)
                         ),
                     ),
-                    Some(s) if !agents.contains(&s) => self.err(
+                    Some(s) if !self.any_agent && !agents.contains(&s) => self.err(
                         &p,
                         format!("unknown agent {}; known agents: {}", quote(s), agents.join(", ")),
                     ),

@@ -55,6 +55,8 @@ pub struct Claimer {
     index: Arc<Index>,
     watching: bool,
     watcher: Option<tokio::task::JoinHandle<()>>,
+    /// Jobs this claimer leaves alone until the given time (see `pass_over`).
+    passed: Mutex<std::collections::HashMap<String, Instant>>,
 }
 
 impl Drop for Claimer {
@@ -90,6 +92,7 @@ impl Claimer {
             index,
             watching: false,
             watcher: None,
+            passed: Mutex::default(),
         };
         match spawn_watch(&c.queue, Arc::downgrade(&c.index)) {
             Ok(h) => {
@@ -142,10 +145,34 @@ impl Claimer {
         self.index.lock().names.len()
     }
 
+    /// Leaves `job_id` to other claimers for `period` (a runner that cannot
+    /// run the job, because it names an agent this runner does not know,
+    /// puts it back and passes over it instead of claiming it again at once).
+    pub fn pass_over(&self, job_id: &str, period: Duration) {
+        let mut p = self.passed.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        p.retain(|_, until| *until > now);
+        p.insert(job_id.to_owned(), now + period);
+    }
+
+    /// How many jobs this claimer passes over right now.
+    pub fn passed_over(&self) -> usize {
+        let now = Instant::now();
+        let p = self.passed.lock().unwrap_or_else(|e| e.into_inner());
+        p.values().filter(|until| **until > now).count()
+    }
+
+    fn is_passed_over(&self, job_id: &str) -> bool {
+        let p = self.passed.lock().unwrap_or_else(|e| e.into_inner());
+        p.get(job_id).is_some_and(|until| *until > Instant::now())
+    }
+
     /// Claims the first pending job, or returns `None` when there is none.
     /// Files whose names do not parse are quarantined to `corrupt/`.
     pub fn try_claim(&self) -> Result<Option<Claim>> {
         self.rescan_if_due()?;
+        // Names passed over go back into the index when this call returns.
+        let mut skipped = Skipped(&self.index, Vec::new());
         loop {
             let Some(name) = self.index.lock().names.pop_first() else {
                 return Ok(None);
@@ -159,6 +186,10 @@ impl Claimer {
                 }
                 continue;
             };
+            if self.is_passed_over(&entry.job_id) {
+                skipped.1.push(name);
+                continue;
+            }
             let claimed = entry.claimed_by(&self.runner_id);
             let to = self.queue.dir(State::Running).join(claimed.file_name());
             // Refresh the mtime *before* the rename: the lease is judged by
@@ -216,6 +247,18 @@ impl Claimer {
                 return Ok(c);
             }
             self.wait().await;
+        }
+    }
+}
+
+/// Names popped from the index but passed over: put back on drop.
+struct Skipped<'a>(&'a Index, Vec<String>);
+
+impl Drop for Skipped<'_> {
+    fn drop(&mut self) {
+        if !self.1.is_empty() {
+            let mut inner = self.0.lock();
+            inner.names.extend(self.1.drain(..));
         }
     }
 }

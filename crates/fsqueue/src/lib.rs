@@ -10,11 +10,13 @@
 //! corrupt/    quarantined files, each with a `.reason` beside it
 //! ids/        one empty file per job id ever enqueued: exactly-once ids
 //! runners/    `<id>.lock` (flock held by a live runner), `<id>.json` heartbeat
-//! control/    operator requests to runners (`<job_id>.cancel`)
+//! control/    operator requests to the runner of one claim (`<job_id>~<attempt>.cancel`)
+//! outbox/     callback deliveries waiting to be sent (the runner's `outbox`)
 //! ```
 
 pub mod claim;
 pub mod commit;
+pub mod control;
 pub mod durable;
 pub mod lease;
 pub mod name;
@@ -22,6 +24,7 @@ pub mod notify;
 pub mod queue;
 pub mod recover;
 pub mod signal;
+pub mod tidy;
 
 pub use claim::{Claim, Claimer};
 pub use lease::{ReapOutcome, Reaper, RunnerLock};

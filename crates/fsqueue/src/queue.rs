@@ -411,6 +411,15 @@ impl Queue {
         if reset_reaps {
             entry.reaps = 0;
         }
+        // Retention judges a terminal job by its file's mtime, which a
+        // rename keeps: an operator's cancel or reject ends the job *now*,
+        // however long it waited before.
+        if to.is_terminal()
+            && let Err(e) = crate::claim::touch(&loc.path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(job_id, error = %e, "could not refresh the job file's time");
+        }
         self.move_to(&loc, to, &entry)
     }
 
@@ -437,26 +446,6 @@ impl Queue {
         }
         tracing::warn!(file = %path.display(), to = %dest.display(), reason, "quarantined corrupt queue file");
         Ok(dest)
-    }
-
-    /// Writes a control request for a job (`cancel`), seen by the runner
-    /// that owns it.
-    pub fn request(&self, job_id: &str, what: &str) -> Result<()> {
-        if !is_valid_job_id(job_id) {
-            return Err(QueueError::BadJobId(job_id.chars().take(80).collect()));
-        }
-        let p = self.root.join(CONTROL_DIR).join(format!("{job_id}.{what}"));
-        Ok(durable::write_file(&p, b"")?)
-    }
-
-    /// Whether a control request exists (and consumes it when `take`).
-    pub fn has_request(&self, job_id: &str, what: &str, take: bool) -> bool {
-        let p = self.root.join(CONTROL_DIR).join(format!("{job_id}.{what}"));
-        let exists = p.exists();
-        if exists && take {
-            let _ = durable::remove_file(&p);
-        }
-        exists
     }
 }
 

@@ -5,7 +5,12 @@
 //!   writes in progress by live processes are left alone) are removed;
 //! * files whose name is not a queue entry, or whose content the caller's
 //!   validator refuses (torn JSON, schema violations), go to `corrupt/` with
-//!   a `.reason` file;
+//!   a `.reason` file. The validator checks structure only (parse and
+//!   shape): whether this host can run a job's agents is not recovery's
+//!   business, a runner that knows them may share the queue;
+//! * a running file whose owner is alive (its runner holds its lock here,
+//!   or, with no lock file on this host, another host may run it) is never
+//!   touched: its owner is working on it, and the reaper judges its lease;
 //! * a job present in several state directories (a crash inside the
 //!   link+unlink fallback of a no-replace rename, or an operator's copy)
 //!   keeps only its highest-precedence copy; the others go to `corrupt/`.
@@ -28,6 +33,8 @@ pub struct RecoveryReport {
     pub temp_removed: usize,
     pub quarantined: Vec<(PathBuf, String)>,
     pub checked: usize,
+    /// Running files left alone because their owner is (or may be) alive.
+    pub skipped_live: usize,
 }
 
 /// Runs recovery. `validate` checks a job document's bytes and returns a
@@ -96,6 +103,14 @@ pub fn recover(
                 Ok(m) => m,
                 Err(_) => continue, // moved meanwhile by a live process
             };
+            // Live work is its owner's: no content check, no quarantine,
+            // not even as a duplicate (the owner may be mid-move).
+            if let Some(runner) = &entry.runner
+                && crate::lease::liveness(queue, runner) != crate::lease::Liveness::Dead
+            {
+                report.skipped_live += 1;
+                continue;
+            }
             if !meta.file_type().is_file() {
                 report.quarantine(queue, path, "not a regular file (symlink or directory)");
                 continue;

@@ -6,19 +6,30 @@
 /// installed (never on Linux in practice), it never resolves and the process
 /// falls back to the default signal disposition.
 pub async fn shutdown() {
+    installed().await
+}
+
+/// Installs the SIGTERM and SIGINT handlers now (inside a runtime context)
+/// and returns the future that resolves on the first of them: a signal
+/// that arrives before the future is first polled is not lost (with a lazy
+/// future, it would kill the process with the default disposition).
+fn installed() -> impl std::future::Future<Output = ()> + Send {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            std::future::pending::<()>().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        crate::notify::stopping();
     }
-    crate::notify::stopping();
 }
 
 /// Runs a service until it returns: `service` receives the shutdown future
@@ -41,7 +52,12 @@ where
         Ok(rt) => rt,
         Err(e) => return failed(format!("cannot start the async runtime: {e}")),
     };
-    match rt.block_on(service(Box::pin(shutdown()))) {
+    // Handlers first: a stop requested during start-up is obeyed.
+    let stop = {
+        let _ctx = rt.enter();
+        installed()
+    };
+    match rt.block_on(service(Box::pin(stop))) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => failed(e.to_string()),
     }

@@ -8,12 +8,15 @@
 //!   the receiver check origin and integrity (GitHub's scheme). Every POST
 //!   also carries `X-Orch-Job-Id`, `X-Orch-Status` and `X-Orch-Delivery`
 //!   (one id for all attempts of one delivery, so a receiver can dedupe).
-//! - **Never blocking**: delivery runs in a background task; the job is
-//!   already in its final queue state and the slot is free.
-//! - **Retried**: up to [`ATTEMPTS`] attempts, each bounded by
-//!   [`ATTEMPT_TIMEOUT`], with exponential backoff and jitter, on connection
-//!   errors, timeouts, 5xx, 408 and 429. Other 4xx answers are final: the
-//!   receiver said no.
+//! - **Never blocking, never lost**: deliveries go through the durable
+//!   outbox (`outbox`), written before the job's queue move and sent in the
+//!   background by any runner once the move is done, so the job is already
+//!   in its final queue state, its slot free, and a runner killed with
+//!   SIGKILL loses nothing.
+//! - **Retried**: up to [`ATTEMPTS`] attempts in all, across restarts, each
+//!   bounded by [`ATTEMPT_TIMEOUT`], with exponential backoff and jitter, on
+//!   connection errors, timeouts, 5xx, 408 and 429. Other 4xx answers are
+//!   final: the receiver said no.
 //! - **SSRF-safe**: the host is resolved once and *every* address checked;
 //!   loopback, link-local, private, CGNAT, unspecified, multicast and
 //!   broadcast addresses are refused unless `CALLBACK_ALLOW_PRIVATE=1`. The
@@ -29,18 +32,11 @@
 //! executor (orch links no TLS library), pinned to the checked address with
 //! `--resolve`; without `curl` on `PATH` an https delivery fails with a
 //! clear error in `callback.json`.
-//!
-//! Limitation: deliveries live in the runner's memory. A runner stopping
-//! waits for them up to its shutdown grace; one killed with SIGKILL loses
-//! the deliveries it had in flight (`callback.json` then shows none).
 
-use contracts::{ResultDoc, Status};
+use contracts::Status;
 use hmac::{Hmac, KeyInit, Mac};
-use serde_json::{Value, json};
 use sha2::Sha256;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -55,28 +51,6 @@ const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 /// File name of the delivery record in the job's artifacts directory.
 pub const CALLBACK_JSON: &str = "callback.json";
 
-/// Background deliveries of one runner, so shutdown can wait for them.
-#[derive(Debug, Clone, Default)]
-pub struct Deliveries {
-    tasks: Arc<Mutex<tokio::task::JoinSet<()>>>,
-}
-
-impl Deliveries {
-    fn lock(&self) -> std::sync::MutexGuard<'_, tokio::task::JoinSet<()>> {
-        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Waits up to `limit` for deliveries in flight; abandons the rest
-    /// (with a log line naming how many).
-    pub async fn drain(&self, limit: Duration) {
-        let mut set = std::mem::take(&mut *self.lock());
-        let all = async { while set.join_next().await.is_some() {} };
-        if tokio::time::timeout(limit, all).await.is_err() {
-            tracing::warn!("callback deliveries still in flight at shutdown were abandoned");
-        }
-    }
-}
-
 /// Settings of the callback client.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -84,124 +58,75 @@ pub struct Settings {
     pub allow_private: bool,
 }
 
-/// Starts delivering `result` to `url` in the background.
-pub fn spawn(
-    runtime: &tokio::runtime::Handle,
-    deliveries: &Deliveries,
-    settings: Settings,
-    job_dir: PathBuf,
-    url: String,
-    result: &ResultDoc,
-) {
-    let job_id = result.job_id.clone();
-    let status = result.status;
-    let body = match serde_json::to_vec_pretty(result) {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::error!(job_id, error = %e, "cannot serialise the job result for its callback");
-            return;
-        }
-    };
-    let mut set = deliveries.lock();
-    // Finished deliveries are reaped here so the set does not grow.
-    while set.try_join_next().is_some() {}
-    set.spawn_on(async move {
-        let record = deliver(&settings, &url, &job_id, status, body).await;
-        let delivered = record["delivered"].as_bool().unwrap_or(false);
-        if delivered {
-            metrics::counter!("orch_callbacks_total", "outcome" => "delivered").increment(1);
-            tracing::info!(job_id, status = %status, "callback delivered");
-        } else {
-            metrics::counter!("orch_callbacks_total", "outcome" => "failed").increment(1);
-            tracing::warn!(job_id, status = %status, error = %record["error"], "callback not delivered");
-        }
-        let bytes = serde_json::to_vec_pretty(&record).unwrap_or_default();
-        if let Err(e) = fsqueue::durable::write_file(&job_dir.join(CALLBACK_JSON), &bytes) {
-            tracing::warn!(job_id, error = %e, "cannot record the callback outcome");
-        }
-    }, runtime);
+/// The outcome of one POST.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Posted {
+    /// A 2xx answer.
+    Delivered(u16),
+    /// Another answer; `retry` for 5xx, 408 and 429.
+    Answered { code: u16, retry: bool },
+    /// No answer (or refused before sending); `retry` when worth another
+    /// attempt.
+    Failed { error: String, retry: bool },
 }
 
-/// Delivers one POST with retries; returns the record for `callback.json`.
-async fn deliver(
+/// One attempt to POST `body` to `url`, bounded by [`ATTEMPT_TIMEOUT`],
+/// with the headers every attempt of a delivery carries (and the
+/// signature, with a secret).
+pub async fn post(
     settings: &Settings,
     url: &str,
     job_id: &str,
     status: Status,
-    body: Vec<u8>,
-) -> Value {
-    let delivery = contracts::ids::random_hex32();
-    let mut attempts: Vec<Value> = Vec::new();
-    let shown = redact_url(url);
-    let record = |attempts: Vec<Value>, delivered: bool, error: Option<String>| {
-        json!({
-            "url": shown,
-            "job_status": status.as_str(),
-            "delivery_id": delivery,
-            "delivered": delivered,
-            "error": error,
-            "attempts": attempts,
-            "finished_at": contracts::now_rfc3339(),
-        })
-    };
+    delivery: &str,
+    body: &[u8],
+) -> Posted {
     let target = match Target::parse(url) {
         Ok(t) => t,
-        Err(e) => return record(attempts, false, Some(e)),
+        Err(error) => {
+            return Posted::Failed {
+                error,
+                retry: false,
+            };
+        }
     };
     let mut headers = vec![
         ("Content-Type", "application/json".to_owned()),
         ("User-Agent", format!("orch/{}", env!("CARGO_PKG_VERSION"))),
         ("X-Orch-Job-Id", job_id.to_owned()),
         ("X-Orch-Status", status.as_str().to_owned()),
-        ("X-Orch-Delivery", delivery.clone()),
+        ("X-Orch-Delivery", delivery.to_owned()),
     ];
     if let Some(secret) = &settings.secret {
-        headers.push(("X-Orch-Signature-256", signature(secret.as_bytes(), &body)));
+        headers.push(("X-Orch-Signature-256", signature(secret.as_bytes(), body)));
     }
-    let mut last_error = None;
-    for n in 1..=ATTEMPTS {
-        let at = contracts::now_rfc3339();
-        let outcome = tokio::time::timeout(
-            ATTEMPT_TIMEOUT,
-            attempt(&target, settings.allow_private, &headers, &body),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(Failure::Retry(format!(
-                "no answer within {}s",
-                ATTEMPT_TIMEOUT.as_secs()
-            )))
-        });
-        match outcome {
-            Ok(code) if (200..300).contains(&code) => {
-                attempts.push(json!({"attempt": n, "at": at, "http_status": code}));
-                return record(attempts, true, None);
-            }
-            Ok(code) => {
-                attempts.push(json!({"attempt": n, "at": at, "http_status": code}));
-                last_error = Some(format!("the receiver answered HTTP {code}"));
-                if !(code >= 500 || code == 408 || code == 429) {
-                    break;
-                }
-            }
-            Err(Failure::Final(e)) => {
-                attempts.push(json!({"attempt": n, "at": at, "error": e}));
-                last_error = Some(e);
-                break;
-            }
-            Err(Failure::Retry(e)) => {
-                attempts.push(json!({"attempt": n, "at": at, "error": e}));
-                last_error = Some(e);
-            }
-        }
-        if n < ATTEMPTS {
-            tokio::time::sleep(backoff(n)).await;
-        }
+    let outcome = tokio::time::timeout(
+        ATTEMPT_TIMEOUT,
+        attempt(&target, settings.allow_private, &headers, body),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(Failure::Retry(format!(
+            "no answer within {}s",
+            ATTEMPT_TIMEOUT.as_secs()
+        )))
+    });
+    match outcome {
+        Ok(code) if (200..300).contains(&code) => Posted::Delivered(code),
+        Ok(code) => Posted::Answered {
+            code,
+            retry: code >= 500 || code == 408 || code == 429,
+        },
+        Err(Failure::Final(error)) => Posted::Failed {
+            error,
+            retry: false,
+        },
+        Err(Failure::Retry(error)) => Posted::Failed { error, retry: true },
     }
-    record(attempts, false, last_error)
 }
 
-fn backoff(attempt: u32) -> Duration {
+/// The pause after failed attempt `attempt`.
+pub(crate) fn backoff(attempt: u32) -> Duration {
     let base = BACKOFF_BASE.as_secs_f64() * 2f64.powi(attempt.saturating_sub(1).min(10) as i32);
     let h = contracts::ids::random_hex32();
     let r = u32::from_str_radix(&h[..8], 16).unwrap_or(0) as f64 / u32::MAX as f64;
@@ -316,7 +241,7 @@ impl Target {
 
 /// The URL as recorded: scheme, host, port and path; the query (which may
 /// carry a token) is dropped.
-fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     let cut = url.find(['?', '#']).unwrap_or(url.len());
     url[..cut].to_owned()
 }

@@ -174,7 +174,8 @@ pub fn write_metrics_file(cfg: &Config) {
         .metrics_dir
         .join(format!("runner-{}.prom", cfg.runner_id));
     if let Err(e) = fsqueue::durable::create_dir_all(&cfg.metrics_dir)
-        .and_then(|()| fsqueue::durable::write_file(&path, text.as_bytes()))
+        .map_err(|e| e.source)
+        .and_then(|()| crate::storage::write_advisory(&path, text.as_bytes()))
     {
         tracing::debug!(error = %e, "could not write metrics file");
     }

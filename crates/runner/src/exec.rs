@@ -75,11 +75,13 @@ pub struct Ctx {
     pub queue: Queue,
     pub store: ArtifactStore,
     pub registry: Registry,
-    /// Callback POSTs in flight (background; see `callback`).
-    pub deliveries: crate::callback::Deliveries,
+    /// The durable callback outbox (see `outbox`).
+    pub outbox: Arc<crate::outbox::Outbox>,
     /// The runner's main runtime: background work that must outlive a job
     /// (callbacks) is spawned here, not on the job's own runtime.
     pub runtime: tokio::runtime::Handle,
+    /// Full or read-only storage: no claims until it takes writes again.
+    pub storage: crate::storage::Storage,
 }
 
 impl Ctx {
@@ -167,6 +169,7 @@ impl JobRun {
             finished_at: None,
             current_step: None,
             attempt: 0,
+            gotos: 0,
             steps: Default::default(),
         })
     }
@@ -207,8 +210,15 @@ impl JobRun {
             finished_at: None,
             current_step: None,
             attempt: self.loc.entry.attempt,
+            gotos: 0,
             steps: Default::default(),
         });
+        // A reclaimed or released job (its state still says running) keeps
+        // its goto count; one an operator sent back (retry, approve) starts
+        // a fresh budget.
+        if st.status != Status::Running {
+            st.gotos = 0;
+        }
         st.status = Status::Running;
         st.finished_at = None;
         st.attempt = self.loc.entry.attempt;
@@ -261,7 +271,6 @@ impl JobRun {
         apply_strategy(&mut context);
 
         let mut i = 0usize;
-        let mut gotos = 0u32;
         let mut continued: Vec<String> = Vec::new();
         let mut end_status = Status::Success;
         let mut end_error: Option<ErrorInfo> = None;
@@ -309,20 +318,21 @@ impl JobRun {
                     }
                     OnFailure::AskHuman => return self.park(&step).await,
                     OnFailure::Goto(target) => {
-                        gotos += 1;
-                        if gotos > self.ctx.cfg.max_goto {
+                        // Counted in state.json (saved with the next step's
+                        // start), so a reclaim or resume keeps the count.
+                        let taken = self.state().gotos;
+                        if taken >= self.ctx.cfg.max_goto {
                             end_status = Status::Failed;
                             end_error = Some(ErrorInfo::new(
                                 "goto_limit",
                                 format!(
-                                    "step {} failed and its goto:{target} was taken {} times, more than RUNNER_MAX_GOTO={}",
-                                    step.step_id,
-                                    gotos - 1,
-                                    self.ctx.cfg.max_goto
+                                    "step {} failed and its goto:{target} was taken {taken} times already, the most RUNNER_MAX_GOTO={} allows",
+                                    step.step_id, self.ctx.cfg.max_goto
                                 ),
                             ));
                             break;
                         }
+                        self.state().gotos = taken + 1;
                         let t = self.job.step_index(target.as_str()).unwrap_or(i);
                         // Steps from the target on run again.
                         let ids: Vec<String> = self.job.steps[t..=i.max(t)]
@@ -813,8 +823,7 @@ impl JobRun {
         } else {
             State::Failed
         };
-        self.move_queue(to)?;
-        self.send_callback(&result);
+        self.move_with_callback(to, &result)?;
         record_job_metrics(status, &result);
         tracing::info!(job_id = %self.job.job_id, status = %status, summary = %result.summary, "job finished");
         Ok(JobEnd::Finished(status))
@@ -832,25 +841,29 @@ impl JobRun {
         }
     }
 
-    /// Starts the `callback_url` POST of a terminal (or parked) result in
-    /// the background; called only after the queue move, so the receiver
-    /// never hears of an outcome the queue does not show yet.
-    fn send_callback(&self, result: &ResultDoc) {
-        let Some(url) = self.job.callback_url.clone() else {
-            return;
+    /// Moves the job to `to`, with the `callback_url` delivery of `result`
+    /// staged in the durable outbox first and released to the senders
+    /// after the move: the receiver never hears of an outcome the queue
+    /// does not show, and a crash between the two loses nothing (see
+    /// `outbox`).
+    fn move_with_callback(&self, to: State, result: &ResultDoc) -> Result<Located, AnyErr> {
+        let Some(url) = self.job.callback_url.as_deref() else {
+            return self.move_queue(to);
         };
-        let cfg = &self.ctx.cfg;
-        crate::callback::spawn(
-            &self.ctx.runtime,
-            &self.ctx.deliveries,
-            crate::callback::Settings {
-                secret: cfg.callback_secret.clone(),
-                allow_private: cfg.callback_allow_private,
-            },
-            self.arts.dir().to_path_buf(),
-            url,
-            result,
-        );
+        let staged = self
+            .ctx
+            .outbox
+            .stage(self.loc.entry.attempt, to, url, result)?;
+        match self.move_queue(to) {
+            Ok(l) => {
+                self.ctx.outbox.kick();
+                Ok(l)
+            }
+            Err(e) => {
+                self.ctx.outbox.discard(&staged);
+                Err(e)
+            }
+        }
     }
 
     /// Parks the job in `awaiting_approval/` (needs_human / ask_human).
@@ -872,8 +885,7 @@ impl JobRun {
         let st = self.state().clone();
         self.arts
             .finish_job_with_state(&self.job, &result, Some(&st))?;
-        self.move_queue(State::AwaitingApproval)?;
-        self.send_callback(&result);
+        self.move_with_callback(State::AwaitingApproval, &result)?;
         tracing::info!(job_id = %self.job.job_id, step_id = %step.step_id, "job parked for approval");
         Ok(JobEnd::Parked)
     }
@@ -898,6 +910,10 @@ impl JobRun {
 
     /// Gives the job back to `pending/` so another runner resumes it.
     fn release(&mut self) -> Result<(), AnyErr> {
+        self.release_because("interrupted by runner shutdown; will resume")
+    }
+
+    fn release_because(&mut self, why: &str) -> Result<(), AnyErr> {
         // Interrupted steps show as retryable so observers do not see a
         // "running" step that nobody runs.
         let cur = self.state().current_step.clone();
@@ -906,7 +922,7 @@ impl JobRun {
             && s.status == Status::Running
         {
             s.status = Status::Retryable;
-            s.summary = "interrupted by runner shutdown; will resume".into();
+            s.summary = why.into();
         }
         if fsqueue::lease::renew(&self.loc).is_ok() {
             let st = self.state().clone();
@@ -930,15 +946,38 @@ impl JobRun {
             }
             _ => {}
         }
+        // A full or read-only disk is the runner's fault, not the job's.
+        if let Some(kind) = crate::storage::classify(e.as_ref()) {
+            return self.give_back(kind, &e.to_string());
+        }
         let err = ErrorInfo::new("internal", e.to_string());
         match self.finish(Status::Failed, Some(err), &[]).await {
             Ok(end) => end,
             Err(e2) => {
                 tracing::error!(job_id = %self.job.job_id, error = %e2, "could not record the failure");
-                // Last resort: get the file out of running/ so it is not
-                // re-run forever; failed/ without a result is visible to
-                // `orch status`.
-                let _ = self.move_queue(State::Failed);
+                // A job is never failed without a result that says why:
+                // if its outcome cannot be recorded, this runner cannot
+                // record anything; it holds back and the job waits.
+                if self.control.reason() == Some(StopReason::LeaseLost) {
+                    return JobEnd::LeaseLost;
+                }
+                let kind = crate::storage::classify(e2.as_ref()).unwrap_or("io");
+                self.give_back(kind, &e2.to_string())
+            }
+        }
+    }
+
+    /// A storage fault: the runner stops claiming, the job goes back to
+    /// `pending/` as it was.
+    fn give_back(&mut self, kind: &str, error: &str) -> JobEnd {
+        self.ctx.storage.trip(kind, error);
+        tracing::warn!(job_id = %self.job.job_id, kind, error, "storage fault; giving the job back to pending");
+        match self.release_because(&format!(
+            "interrupted by a storage fault ({kind}); will resume"
+        )) {
+            Ok(()) => JobEnd::Released,
+            Err(e) => {
+                tracing::error!(job_id = %self.job.job_id, error = %e, "could not give the job back; its lease will expire");
                 JobEnd::Error
             }
         }

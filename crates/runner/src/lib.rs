@@ -7,11 +7,14 @@
 //! leases of running jobs, notices operator cancel requests and lost leases,
 //! and reaps claims abandoned by dead runners.
 
+pub mod admit;
 pub mod callback;
 pub mod config;
 pub mod exec;
 pub mod handoff;
+pub mod outbox;
 pub mod prompt;
+pub mod storage;
 
 use config::Config;
 use exec::{Ctx, JobControl, StopReason};
@@ -50,28 +53,32 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     if registry.is_real() {
         tracing::info!("real agent CLIs enabled (ENABLE_REAL_CLI=1)");
     }
+    let outbox = Arc::new(
+        outbox::Outbox::open(
+            queue.clone(),
+            artifacts::ArtifactStore::new(&cfg.artifacts_root),
+            callback::Settings {
+                secret: cfg.callback_secret.clone(),
+                allow_private: cfg.callback_allow_private,
+            },
+        )
+        .map_err(|e| RunnerError::Other(e.to_string()))?,
+    );
     let ctx = Arc::new(Ctx {
         store: artifacts::ArtifactStore::new(&cfg.artifacts_root),
         queue: queue.clone(),
         registry,
         cfg,
-        deliveries: callback::Deliveries::default(),
+        outbox: outbox.clone(),
         runtime: tokio::runtime::Handle::current(),
+        storage: storage::Storage::default(),
     });
     let cfg = &ctx.cfg;
 
     // Start-up recovery: quarantine torn files, clear stale temps, and take
-    // back claims a previous process with our id left behind.
-    let agents: Vec<String> = ctx.known_agents().iter().map(|s| s.to_string()).collect();
-    let validator = move |bytes: &[u8]| -> Result<(), String> {
-        let v: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
-        let names: Vec<&str> = agents.iter().map(String::as_str).collect();
-        contracts::validate::validate_job(&v, &names)
-            .map(|_| ())
-            .map_err(|v| v.to_string())
-    };
-    let report = fsqueue::recover::recover(&queue, &validator)?;
+    // back claims a previous process with our id left behind. Structure
+    // only: other runners may know agents we do not.
+    let report = fsqueue::recover::recover(&queue, &admit::validate_structure)?;
     for (path, reason) in &report.quarantined {
         metrics::counter!("orch_corrupt_files_total").increment(1);
         tracing::warn!(file = %path.display(), reason, "quarantined at start-up");
@@ -87,6 +94,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let job_ended = Arc::new(tokio::sync::Notify::new());
 
     let hb_stop = tokio_util::sync::CancellationToken::new();
+    // Callbacks: this runner's and any left by dead runners.
+    let outbox_worker = tokio::spawn(outbox.clone().run(hb_stop.clone()));
     let heartbeat = tokio::spawn(heartbeat_loop(
         ctx.clone(),
         active.clone(),
@@ -105,6 +114,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     fsqueue::notify::ready();
     tokio::pin!(shutdown);
     let mut stopping = false;
+    let storage_roots = [
+        queue.internal_dir(fsqueue::queue::TMP_DIR),
+        cfg.artifacts_root.clone(),
+        cfg.workspaces_root.clone(),
+    ];
     loop {
         // Reap finished tasks so the JoinSet does not grow.
         while tasks.try_join_next().is_some() {}
@@ -112,9 +126,20 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             p = slots.clone().acquire_owned() => p.map_err(|e| RunnerError::Other(e.to_string()))?,
             _ = &mut shutdown => { stopping = true; break; }
         };
+        // Full or read-only storage: no claims until a probe write works.
+        if let Some(wait) = ctx.storage.hold_claims(&storage_roots) {
+            drop(permit);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => continue,
+                _ = &mut shutdown => { stopping = true; break; }
+            }
+        }
         let claim = match claimer.try_claim() {
             Ok(c) => c,
             Err(e) => {
+                if let Some(kind) = storage::classify(&e) {
+                    ctx.storage.trip(kind, &e.to_string());
+                }
                 tracing::error!(error = %e, "claim failed; retrying in 1s");
                 drop(permit);
                 tokio::select! {
@@ -123,6 +148,15 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
                 }
             }
         };
+        // A job naming agents we do not know goes back for a runner that
+        // knows them (and we pass over it for a while); a stale operator
+        // request of an earlier claim goes.
+        if let Some(c) = &claim
+            && !admit::admit(&ctx, &claimer, c)
+        {
+            drop(permit);
+            continue;
+        }
         match claim {
             Some(claim) => {
                 let job_id = claim.loc.entry.job_id.clone();
@@ -164,7 +198,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             }
             None => {
                 drop(permit);
-                if cfg.drain && lock_active(&active).is_empty() && queue_idle(&queue) {
+                if cfg.drain
+                    && lock_active(&active).is_empty()
+                    && queue_idle(&queue, claimer.passed_over())
+                {
                     tracing::info!("queue drained; exiting");
                     break;
                 }
@@ -202,16 +239,18 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     } else {
         while tasks.join_next().await.is_some() {}
     }
-    // Callbacks of jobs that just ended: a stopping runner gives them its
-    // grace; a draining one lets them finish all their attempts.
+    // Callbacks of jobs that just ended: a stopping runner gives attempts
+    // in flight its grace (the rest stay in the outbox for any runner); a
+    // draining one lets its own deliveries finish all their attempts.
     let callback_wait = if stopping {
         cfg.shutdown_grace.max(Duration::from_secs(1))
     } else {
         callback::ATTEMPT_TIMEOUT * (callback::ATTEMPTS + 2) + Duration::from_secs(20)
     };
-    ctx.deliveries.drain(callback_wait).await;
+    ctx.outbox.drain(callback_wait, !stopping).await;
     hb_stop.cancel();
     let _ = heartbeat.await;
+    let _ = outbox_worker.await;
     tracing::info!("runner stopped");
     Ok(())
 }
@@ -222,8 +261,11 @@ fn lock_active(
     a.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn queue_idle(queue: &Queue) -> bool {
-    queue.depth(State::Pending).unwrap_or(1) == 0 && queue.depth(State::Running).unwrap_or(1) == 0
+/// Nothing left for this runner: no pending job but those it passes over
+/// (agents it does not know), nothing running.
+fn queue_idle(queue: &Queue, passed_over: usize) -> bool {
+    queue.depth(State::Pending).unwrap_or(usize::MAX) <= passed_over
+        && queue.depth(State::Running).unwrap_or(1) == 0
 }
 
 fn reap_interval(lease: Duration) -> Duration {
@@ -297,8 +339,8 @@ async fn heartbeat_loop(
             .iter()
             .map(|(k, (l, c))| (k.clone(), l.clone(), c.clone()))
             .collect();
-        for (job_id, _, c) in &snapshot {
-            if ctx.queue.has_request(job_id, "cancel", true) {
+        for (job_id, loc, c) in &snapshot {
+            if ctx.queue.has_request(loc, "cancel", true) {
                 tracing::info!(job_id, "cancel requested");
                 c.stop(StopReason::Cancelled);
             }
@@ -319,9 +361,18 @@ async fn heartbeat_loop(
                 "lease_sec": cfg.lease.as_secs(),
                 "concurrency": cfg.concurrency,
                 "active_jobs": snapshot.iter().map(|(k, _, _)| k.clone()).collect::<Vec<_>>(),
+                "claiming": !ctx.storage.faulted(),
+                "storage_fault": ctx.storage.doc(),
             });
             if let Err(e) = lock.write_heartbeat(doc.to_string().as_bytes()) {
-                tracing::warn!(error = %e, "could not write heartbeat");
+                // Full disk: rewrite in place, so /health still says why.
+                let path = ctx
+                    .queue
+                    .internal_dir(fsqueue::queue::RUNNERS_DIR)
+                    .join(format!("{}.json", cfg.runner_id));
+                if let Err(e2) = storage::write_advisory(&path, doc.to_string().as_bytes()) {
+                    tracing::warn!(error = %e, fallback = %e2, "could not write heartbeat");
+                }
             }
             crate::config::write_metrics_file(cfg);
         }

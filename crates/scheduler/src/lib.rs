@@ -1,8 +1,10 @@
 //! `orch-scheduler`: the housekeeping process. It reaps expired leases (so
 //! abandoned jobs come back even when every runner is down or busy) and
-//! applies retention (`retention`); cron schedules will build on the same
-//! loop.
+//! applies retention (`retention`) and housekeeping (`housekeeping`: dead
+//! runners' files, stale operator requests, orphan temp files); cron
+//! schedules will build on the same loop.
 
+pub mod housekeeping;
 pub mod retention;
 
 use std::future::Future;
@@ -14,6 +16,7 @@ pub struct Config {
     pub queue_root: PathBuf,
     pub artifacts_root: PathBuf,
     pub workspaces_root: PathBuf,
+    pub metrics_dir: PathBuf,
     pub lease: Duration,
     pub max_reclaims: u32,
     /// `RETENTION_INTERVAL_SEC`; `None` turns retention off.
@@ -36,6 +39,7 @@ impl Config {
             queue_root: paths.queue_root,
             artifacts_root: paths.artifacts_root,
             workspaces_root: paths.workspaces_root,
+            metrics_dir: paths.metrics_dir,
             retention_every: (!every.is_zero()).then_some(every),
             artifacts_ttl: secs(&ev::ARTIFACTS_TTL_SEC, 1, TEN_YEARS)?,
             workspaces_ttl: secs(&ev::WORKSPACES_TTL_SEC, 1, TEN_YEARS)?,
@@ -62,6 +66,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         workspaces_ttl: cfg.workspaces_ttl,
         queue_ttl: cfg.dedup_window,
     };
+    let housekeeping = housekeeping::Housekeeping {
+        queue: queue.clone(),
+        artifacts_root: cfg.artifacts_root.clone(),
+        metrics_dir: cfg.metrics_dir.clone(),
+        lease: cfg.lease,
+    };
     let reaper = fsqueue::Reaper::new(queue, cfg.lease, cfg.max_reclaims);
     let every = (cfg.lease / 3).clamp(Duration::from_millis(500), Duration::from_secs(10));
     tracing::info!(
@@ -74,6 +84,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let every = fsqueue::notify::watchdog_interval().map_or(every, |w| every.min(w));
     let mut tick = tokio::time::interval(every);
     let mut next_sweep = cfg.retention_every.map(|_| tokio::time::Instant::now());
+    // Housekeeping keeps the retention cadence, and runs every five minutes
+    // with retention off.
+    let tidy_every = cfg.retention_every.unwrap_or(Duration::from_secs(300));
+    let mut next_tidy = tokio::time::Instant::now();
     fsqueue::notify::ready();
     loop {
         tokio::select! {
@@ -95,6 +109,20 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
                 ),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+            }
+        }
+        if tokio::time::Instant::now() >= next_tidy {
+            next_tidy = tokio::time::Instant::now() + tidy_every;
+            let h = housekeeping.clone();
+            match tokio::task::spawn_blocking(move || h.run()).await {
+                Ok(t) if t != housekeeping::Tidied::default() => tracing::info!(
+                    dead_runners = ?t.dead_runners,
+                    requests = t.requests,
+                    temp_files = t.temps,
+                    "housekeeping"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "housekeeping failed"),
             }
         }
         let r = reaper.clone();

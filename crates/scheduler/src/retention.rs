@@ -2,7 +2,9 @@
 //! enough.
 //!
 //! A terminal job (its file in `done/` or `failed/`) is judged by the age of
-//! that file (its mtime: the last lease renewal, i.e. when the job ended).
+//! that file (its mtime: the last lease renewal, i.e. when the job ended;
+//! an operator's `cancel`, `reject` or `unlock` refreshes it, so a job that
+//! waited long before it was ended is kept for the full TTLs).
 //! Older than `WORKSPACES_TTL_SEC`: `workspaces/<id>` goes. Older than
 //! `ARTIFACTS_TTL_SEC`: `artifacts/<id>` goes. Older than the dedup window
 //! (`DEDUP_WINDOW_SEC`) *and* both of those: the queue file goes and its id

@@ -68,12 +68,12 @@ fn cancel_of_a_running_job_is_a_request() {
         .build()
         .unwrap();
     let claimer = rt.block_on(async { fsqueue::Claimer::new(q.clone(), "r1").unwrap() });
-    claimer.try_claim().unwrap().unwrap();
+    let claim = claimer.try_claim().unwrap().unwrap();
     assert!(matches!(
         apply(&q, &store, &id, Action::Cancel).unwrap(),
         Outcome::CancelRequested
     ));
-    assert!(q.has_request(id.as_str(), "cancel", false));
+    assert!(q.has_request(&claim.loc, "cancel", false));
     // Unlock forces it out of running/ and records the failure.
     apply(&q, &store, &id, Action::Unlock).unwrap();
     assert_eq!(q.find(id.as_str()).unwrap().unwrap().state, State::Failed);
@@ -94,4 +94,40 @@ fn cancel_of_a_running_job_is_a_request() {
         apply(&q, &store, &other, Action::Approve),
         Err(QueueError::NotFound { .. })
     ));
+}
+
+#[test]
+fn requests_belong_to_one_claim_and_retry_clears_them() {
+    let (_d, q, store, id) = setup(State::Pending);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let claimer = rt.block_on(async { fsqueue::Claimer::new(q.clone(), "r1").unwrap() });
+    let first = claimer.try_claim().unwrap().unwrap();
+    // Nobody consumes the unlock's cancel (its runner is gone).
+    apply(&q, &store, &id, Action::Unlock).unwrap();
+    assert!(q.has_request(&first.loc, "cancel", false));
+    apply(&q, &store, &id, Action::Retry).unwrap();
+    let control = q.internal_dir(fsqueue::queue::CONTROL_DIR);
+    assert_eq!(
+        std::fs::read_dir(&control).unwrap().count(),
+        0,
+        "retry clears"
+    );
+    claimer.rescan().unwrap();
+    let second = claimer.try_claim().unwrap().unwrap();
+    assert_eq!(second.loc.entry.attempt, first.loc.entry.attempt + 1);
+    assert!(!q.has_request(&second.loc, "cancel", false));
+    // A late request for the first claim (a cancel that lost a race) is
+    // not seen by the second, and the sweep prunes it; the second claim's
+    // own request survives the sweep.
+    q.request(&first.loc, "cancel").unwrap();
+    assert!(!q.has_request(&second.loc, "cancel", false));
+    q.request(&second.loc, "cancel").unwrap();
+    assert_eq!(q.prune_requests(), 1);
+    assert!(q.has_request(&second.loc, "cancel", false));
+    // Old-form names (no attempt) are never obeyed and always stale.
+    std::fs::write(control.join(format!("{id}.cancel")), b"").unwrap();
+    assert_eq!(q.clear_requests(id.as_str(), None), 2);
 }

@@ -33,6 +33,7 @@ pub fn state_fixture(job: &Job) -> JobState {
         finished_at: None,
         current_step: Some(job.steps[0].step_id.to_string()),
         attempt: 1,
+        gotos: 0,
         steps: job
             .steps
             .iter()

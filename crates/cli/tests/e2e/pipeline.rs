@@ -348,7 +348,7 @@ fn sigterm_with_two_jobs_in_flight_loses_nothing() {
 }
 
 /// One request a receiver saw: headers (names lower-cased) and body.
-type Request = (Vec<(String, String)>, Vec<u8>);
+pub(crate) type Request = (Vec<(String, String)>, Vec<u8>);
 
 /// A loopback HTTP receiver: answers 500 to its first `fail_first` requests,
 /// then 204; records every request (headers lower-cased, body).
@@ -389,7 +389,7 @@ impl Receiver {
     }
 }
 
-fn read_request(c: &mut std::net::TcpStream) -> Option<Request> {
+pub(crate) fn read_request(c: &mut std::net::TcpStream) -> Option<Request> {
     c.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
@@ -424,7 +424,7 @@ fn read_request(c: &mut std::net::TcpStream) -> Option<Request> {
     Some((headers, buf[head_end..head_end + len].to_vec()))
 }
 
-fn header<'a>(h: &'a [(String, String)], name: &str) -> &'a str {
+pub(crate) fn header<'a>(h: &'a [(String, String)], name: &str) -> &'a str {
     h.iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())

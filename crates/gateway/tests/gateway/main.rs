@@ -549,11 +549,11 @@ async fn job_api_reads_lists_and_moves_jobs() {
             break;
         }
     }
-    assert!(claimed.is_some(), "could not claim the job");
+    let claimed = claimed.expect("could not claim the job");
     let r = act(&ids[3], "cancel", TOKEN).await;
     assert_eq!(r.status, 202);
     assert_eq!(r.json()["cancel_requested"], true);
-    assert!(q.has_request(&ids[3], "cancel", false));
+    assert!(q.has_request(&claimed.loc, "cancel", false));
     let v = gw
         .get(&format!("/jobs/{}", ids[3]), Some(TOKEN))
         .await

@@ -160,3 +160,138 @@ fn retention_deletes_what_terminal_jobs_leave_once_old_enough_and_nothing_else()
         .collect();
     assert!(left.iter().all(|n| !n.starts_with('.')), "{left:?}");
 }
+
+/// Runs the scheduler with retention every second until `done` holds.
+fn sweep_until(root: &std::path::Path, what: &str, done: impl Fn() -> bool) {
+    let mut child = scheduler(root)
+        .env("WORKSPACES_ROOT", root.join("w"))
+        .env("METRICS_DIR", root.join("m"))
+        .env("RUNNER_LEASE_SEC", "1")
+        .env("RETENTION_INTERVAL_SEC", "1")
+        .env("ARTIFACTS_TTL_SEC", (4 * 86_400).to_string())
+        .env("WORKSPACES_TTL_SEC", (2 * 86_400).to_string())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !done() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn a_job_rejected_after_a_long_wait_is_kept_for_the_whole_ttl() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    let day = Duration::from_secs(86_400);
+    // Waited 30 days for approval, then rejected (and cancelled) just now.
+    plant(root, "waited-rejected-01", "awaiting_approval", 30 * day);
+    plant(root, "waited-cancelled-02", "pending", 30 * day);
+    // A marker that shows a sweep happened.
+    let marker = plant(root, "old-done-marker-03", "done", 9 * day);
+    let q = fsqueue::Queue::open(root.join("q")).unwrap();
+    let store = artifacts::ArtifactStore::new(root.join("a"));
+    for (id, action) in [
+        ("waited-rejected-01", artifacts::control::Action::Reject),
+        ("waited-cancelled-02", artifacts::control::Action::Cancel),
+    ] {
+        let id = contracts::JobId::parse(id).unwrap();
+        artifacts::control::apply(&q, &store, &id, action).unwrap();
+    }
+    sweep_until(root, "a sweep", || !marker.exists());
+    for id in ["waited-rejected-01", "waited-cancelled-02"] {
+        let loc = q.find(id).unwrap().expect("the job is still there");
+        assert_eq!(loc.state, fsqueue::State::Failed);
+        assert!(root.join("a").join(id).join("job.json").is_file(), "{id}");
+        assert!(root.join("w").join(id).is_dir(), "{id}");
+        assert!(root.join("q/ids").join(id).exists(), "{id}");
+    }
+}
+
+fn set_age(path: &std::path::Path, age: Duration) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(SystemTime::now() - age)
+        .unwrap();
+}
+
+#[test]
+fn housekeeping_removes_dead_runners_stale_requests_and_orphan_temps() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    let q = fsqueue::Queue::open(root.join("q")).unwrap();
+    let runners = root.join("q/runners");
+    let metrics = root.join("m");
+    std::fs::create_dir_all(&metrics).unwrap();
+    let hour = Duration::from_secs(3600);
+    // A dead runner: free lock, old heartbeat, metrics file.
+    for id in ["dead-1", "live-1", "owner-1"] {
+        std::fs::write(runners.join(format!("{id}.lock")), b"").unwrap();
+        std::fs::write(runners.join(format!("{id}.json")), b"{}").unwrap();
+        set_age(&runners.join(format!("{id}.json")), hour);
+        std::fs::write(metrics.join(format!("runner-{id}.prom")), b"x 1\n").unwrap();
+    }
+    // A live one holds its lock.
+    let _live = fsqueue::RunnerLock::acquire(&q, "live-1").unwrap();
+    // A dead one that still owns a claim keeps its lock (the reaper's fast
+    // path needs it); the scheduler's reaper requeues the claim, and then
+    // its files go too.
+    let e = fsqueue::Entry::new(5, fsqueue::name::next_seq(), "owned-job-01").claimed_by("owner-1");
+    std::fs::write(
+        root.join("q/running").join(e.file_name()),
+        br#"{"job_id":"owned-job-01"}"#,
+    )
+    .unwrap();
+    // A request for a claim that ended (the job is done), one of the old
+    // form, and orphan temp files here and there; a fresh temp file stays.
+    let done = fsqueue::Entry::new(5, fsqueue::name::next_seq(), "done-job-0001");
+    std::fs::write(root.join("q/done").join(done.file_name()), b"{}").unwrap();
+    std::fs::write(root.join("q/control/done-job-0001~1.cancel"), b"").unwrap();
+    std::fs::write(root.join("q/control/done-job-0001.cancel"), b"").unwrap();
+    let old_temps = [
+        root.join("q/pending/.orch-tmp-1-2-x"),
+        root.join("q/control/.orch-tmp-1-3-y"),
+        root.join("q/.orch-tmp-1-4-z"),
+        root.join("a/done-job-0001/.orch-tmp-1-5-state.json"),
+        root.join("a/done-job-0001/steps/s1/.orch-tmp-1-6-result.json"),
+        metrics.join(".orch-tmp-1-7-runner"),
+    ];
+    for t in &old_temps {
+        std::fs::create_dir_all(t.parent().unwrap()).unwrap();
+        std::fs::write(t, b"partial").unwrap();
+        set_age(t, hour);
+    }
+    let fresh = root.join("q/done/.orch-tmp-1-8-fresh");
+    std::fs::write(&fresh, b"in progress").unwrap();
+    let gone = |p: &std::path::Path| !p.exists();
+    sweep_until(root, "dead runners' files and old temps to go", || {
+        gone(&runners.join("dead-1.lock"))
+            && gone(&runners.join("owner-1.lock"))
+            && old_temps.iter().all(|t| gone(t))
+            && std::fs::read_dir(root.join("q/control")).unwrap().count() == 0
+    });
+    for f in ["dead-1.json", "owner-1.json"] {
+        assert!(gone(&runners.join(f)), "{f}");
+    }
+    for f in ["runner-dead-1.prom", "runner-owner-1.prom"] {
+        assert!(gone(&metrics.join(f)), "{f}");
+    }
+    // The claim went back to pending before its owner's files went.
+    assert_eq!(
+        std::fs::read_dir(root.join("q/pending")).unwrap().count(),
+        1
+    );
+    // The live runner keeps everything; the fresh temp file stays.
+    assert!(runners.join("live-1.lock").exists());
+    assert!(runners.join("live-1.json").exists());
+    assert!(metrics.join("runner-live-1.prom").exists());
+    assert!(fresh.exists());
+}
