@@ -850,10 +850,7 @@ impl JobRun {
         let Some(url) = self.job.callback_url.as_deref() else {
             return self.move_queue(to);
         };
-        let staged = self
-            .ctx
-            .outbox
-            .stage(self.loc.entry.attempt, to, url, result)?;
+        let staged = self.ctx.outbox.stage(&self.loc, to, url, result)?;
         match self.move_queue(to) {
             Ok(l) => {
                 self.ctx.outbox.kick();

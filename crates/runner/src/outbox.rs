@@ -57,6 +57,13 @@ struct Entry {
     attempt: u32,
     /// The queue state that commits the outcome.
     state: String,
+    /// The claim's file (`running/<name>`) and the file that commits the
+    /// outcome (`<state>/<name>`), relative to the queue root: the commit
+    /// check is two `stat`s, not a search.
+    #[serde(default)]
+    running: String,
+    #[serde(default)]
+    committed: String,
     url: String,
     job_status: Status,
     delivery_id: String,
@@ -127,16 +134,19 @@ impl Outbox {
     /// queue move; [`Outbox::discard`] it if the move fails.
     pub fn stage(
         &self,
-        attempt: u32,
+        claim: &fsqueue::Located,
         state: State,
         url: &str,
         result: &ResultDoc,
     ) -> Result<PathBuf, Box<dyn std::error::Error + Send + Sync>> {
+        let attempt = claim.entry.attempt;
         let body = serde_json::to_string_pretty(result)?;
         let e = Entry {
             job_id: result.job_id.clone(),
             attempt,
             state: state.dir_name().to_owned(),
+            running: format!("{}/{}", State::Running.dir_name(), claim.entry.file_name()),
+            committed: format!("{}/{}", state.dir_name(), claim.entry.unowned().file_name()),
             url: url.to_owned(),
             job_status: result.status,
             delivery_id: contracts::ids::random_hex32(),
@@ -332,7 +342,30 @@ impl Outbox {
         drop(held);
     }
 
+    /// A queue path named by an entry, if it is one (`<state>/<name>` of
+    /// this job and attempt; anything else is ignored).
+    fn queue_path(&self, e: &Entry, rel: &str) -> Option<PathBuf> {
+        let (dir, name) = rel.split_once('/')?;
+        let st = State::parse(dir)?;
+        let parsed = fsqueue::Entry::parse(name)?;
+        (parsed.job_id == e.job_id && parsed.attempt == e.attempt)
+            .then(|| self.queue.dir(st).join(name))
+    }
+
     fn committed(&self, e: &Entry) -> Commit {
+        // The claim's file first: once it is gone it never comes back, so
+        // if the outcome's file is not there after it, it never will be.
+        if let (Some(running), Some(done)) = (
+            self.queue_path(e, &e.running),
+            self.queue_path(e, &e.committed),
+        ) {
+            if running.exists() {
+                return Commit::NotYet;
+            }
+            if done.exists() {
+                return Commit::Yes;
+            }
+        }
         let want = State::parse(&e.state);
         match self.queue.find(&e.job_id) {
             Ok(Some(loc)) if Some(loc.state) == want && loc.entry.attempt == e.attempt => {
