@@ -514,3 +514,53 @@ fn a_callback_survives_a_sigkilled_runner() {
         .collect();
     assert!(left.is_empty(), "outbox not emptied: {left:?}");
 }
+
+#[test]
+fn an_outbox_entry_whose_outcome_did_not_stick_is_dropped_unsent() {
+    use crate::pipeline::header;
+    let rx = Gate::start();
+    rx.accept.store(true, std::sync::atomic::Ordering::SeqCst);
+    let o = Orch::new().env("CALLBACK_ALLOW_PRIVATE", "1");
+    let url = format!("http://{}/hook", rx.addr);
+    let id = submit(&o, json!({"goal": "crashed mid-move", "callback_url": url}));
+    // What a runner killed between writing the delivery and moving the job
+    // leaves: an entry for claim 1 whose job never reached done/ (it was
+    // reaped back to pending/, as here).
+    let pending = o.names("pending");
+    let e = fsqueue::Entry::parse(&pending[0]).unwrap();
+    let claim = e.claimed_by("crashed");
+    let mut reaped = claim.unowned();
+    reaped.reaps = 1;
+    std::fs::rename(
+        o.state_dir("pending").join(&pending[0]),
+        o.state_dir("pending").join(reaped.file_name()),
+    )
+    .unwrap();
+    let out = o.queue().join("outbox");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        out.join(format!("{id}~1.json")),
+        json!({
+            "job_id": id, "attempt": 1, "state": "done",
+            "running": format!("running/{}", claim.file_name()),
+            "committed": format!("done/{}", claim.unowned().file_name()),
+            "url": url, "job_status": "success", "delivery_id": "planted",
+            "body": "{\"status\":\"success\",\"planted\":true}", "attempts": [],
+            "created_at": "2026-01-01T00:00:00Z", "next_at_ms": 0
+        })
+        .to_string(),
+    )
+    .unwrap();
+    // The job runs again (claim 2) and only its own outcome is sent.
+    o.drain("after-crash");
+    let st = o.status_json(&id);
+    assert_eq!(st["status"], "success", "{st:#}");
+    let seen = rx.seen();
+    assert_eq!(seen.len(), 1, "one delivery, the real one");
+    let ((h, body), _) = &seen[0];
+    assert_ne!(header(h, "x-orch-delivery"), "planted");
+    let doc: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(doc["job_id"], id.as_str());
+    assert!(doc.get("planted").is_none());
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+}
