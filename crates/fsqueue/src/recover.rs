@@ -72,7 +72,8 @@ pub fn recover(
     }
 
     // Validate live jobs; terminal ones are history and only name-checked.
-    let mut seen: HashMap<String, Vec<(State, PathBuf)>> = HashMap::new();
+    // Copies of each job: state, path, and whether a live owner holds it.
+    let mut seen: HashMap<String, Vec<(State, PathBuf, bool)>> = HashMap::new();
     for st in State::ALL {
         let dir = queue.dir(st);
         let Ok(rd) = std::fs::read_dir(&dir) else {
@@ -109,6 +110,9 @@ pub fn recover(
                 && crate::lease::liveness(queue, runner) != crate::lease::Liveness::Dead
             {
                 report.skipped_live += 1;
+                // Still counted as a copy: a stray pending copy of live
+                // work must not run a second time.
+                seen.entry(entry.job_id).or_default().push((st, path, true));
                 continue;
             }
             if !meta.file_type().is_file() {
@@ -131,7 +135,9 @@ pub fn recover(
                     Err(_) => continue,
                 }
             }
-            seen.entry(entry.job_id).or_default().push((st, path));
+            seen.entry(entry.job_id)
+                .or_default()
+                .push((st, path, false));
         }
     }
 
@@ -139,9 +145,13 @@ pub fn recover(
         if copies.len() < 2 {
             continue;
         }
-        copies.sort_by_key(|(st, _)| std::cmp::Reverse(st.precedence()));
+        copies.sort_by_key(|(st, _, _)| std::cmp::Reverse(st.precedence()));
         let keep = copies[0].0;
-        for (st, path) in copies.into_iter().skip(1) {
+        for (st, path, live) in copies.into_iter().skip(1) {
+            if live {
+                // Its owner is working on it: never taken from under it.
+                continue;
+            }
             report.quarantine(
                 queue,
                 path,

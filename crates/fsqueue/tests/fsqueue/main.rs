@@ -346,3 +346,41 @@ fn quarantining_a_file_that_moved_meanwhile_leaves_nothing_behind() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[tokio::test]
+async fn recovery_never_touches_a_live_claim_but_drops_its_stray_copy() {
+    let (_d, q) = queue();
+    // Torn content, but claimed by a live runner: its owner's business.
+    q.enqueue(&id(1), br#"{"ok":tr"#, 5, State::Pending)
+        .unwrap();
+    let _alive = fsqueue::RunnerLock::acquire(&q, "alive").unwrap();
+    let live = fsqueue::Claimer::new(q.clone(), "alive")
+        .unwrap()
+        .try_claim()
+        .unwrap()
+        .unwrap();
+    // A torn claim of a dead runner (its lock file is free).
+    q.enqueue(&id(2), br#"{"ok":tr"#, 5, State::Pending)
+        .unwrap();
+    drop(fsqueue::RunnerLock::acquire(&q, "dead").unwrap());
+    let dead = fsqueue::Claimer::new(q.clone(), "dead")
+        .unwrap()
+        .try_claim()
+        .unwrap()
+        .unwrap();
+    assert_eq!(dead.loc.entry.job_id, id(2));
+    // A stray pending copy of it (an operator's copy, a crashed fallback).
+    let stray = q
+        .dir(State::Pending)
+        .join(live.loc.entry.unowned().file_name());
+    std::fs::copy(&live.loc.path, &stray).unwrap();
+    let validate = |b: &[u8]| -> Result<(), String> { serde_json_like_check(b) };
+    let rep = recover(&q, &validate).unwrap();
+    assert!(live.loc.path.exists(), "the live claim stays");
+    assert_eq!(rep.skipped_live, 1);
+    let mut gone: Vec<_> = rep.quarantined.iter().map(|(p, _)| p.clone()).collect();
+    gone.sort();
+    let mut want = vec![stray, dead.loc.path.clone()];
+    want.sort();
+    assert_eq!(gone, want, "{:#?}", rep.quarantined);
+}
