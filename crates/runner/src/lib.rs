@@ -51,7 +51,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         tracing::info!("real agent CLIs enabled (ENABLE_REAL_CLI=1)");
     }
     let ctx = Arc::new(Ctx {
-        store: artifacts::ArtifactStore::new(&cfg.artifacts_root),
+        store: artifacts::ArtifactStore::new(&cfg.artifacts_root)
+            .with_sensitive_env(cfg.sensitive_env.clone()),
         queue: queue.clone(),
         registry,
         cfg,
