@@ -4,9 +4,11 @@
 // the executor ban is for production code.
 #![allow(clippy::disallowed_methods)]
 
+mod edges;
 mod notify;
 mod pipeline;
 mod real;
+mod recipe;
 mod support;
 mod tidy;
 
