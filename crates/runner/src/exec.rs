@@ -242,6 +242,10 @@ impl JobRun {
         // A refused or oversized source fails the job with its reason; a
         // retry would meet the same source.
         if let Err(e) = prepared {
+            // Stopping (shutdown, lost lease) wins: the job is released.
+            if self.control.reason().is_some() {
+                return Err(e.into());
+            }
             tracing::error!(job_id, error = %e, "workspace preparation failed");
             let err = ErrorInfo::new("workspace", e.to_string());
             return self.finish(Status::Failed, Some(err), &[]).await;
