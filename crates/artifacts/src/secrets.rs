@@ -506,6 +506,90 @@ pub fn redact_artifact_bytes(
     *bytes = redacted;
 }
 
+/// Redacts every string of a JSON document in place, object keys included
+/// (`metadata` keys are caller-chosen text): first the
+/// `SENSITIVE_ENV_VARS` values, then the rules, exactly as
+/// [`redact_artifact`] does for text. Working on the parsed document keeps
+/// it valid JSON whatever a match spans (quotes, escapes). Returns the ids
+/// of what was found (`env:<NAME>` or rule ids), one per occurrence.
+pub fn redact_json_value(value: &mut serde_json::Value, env: &[(String, String)]) -> Vec<String> {
+    let mut found = Vec::new();
+    redact_json_into(value, env, &mut found);
+    found.into_iter().map(|l| l.rule_id).collect()
+}
+
+fn redact_json_into(
+    value: &mut serde_json::Value,
+    env: &[(String, String)],
+    found: &mut Vec<Located>,
+) {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => redact_artifact("json", s, env, found),
+        Value::Array(items) => {
+            for v in items {
+                redact_json_into(v, env, found);
+            }
+        }
+        Value::Object(map) => {
+            // Rebuilt only when a key changes, so key order is kept.
+            let keys_clean = map.keys().all(|k| {
+                let mut probe = Vec::new();
+                let mut k2 = k.clone();
+                redact_artifact("json", &mut k2, env, &mut probe);
+                probe.is_empty()
+            });
+            if keys_clean {
+                for (k, v) in map.iter_mut() {
+                    redact_json_into(v, env, found);
+                    redact_by_key(k, v, found);
+                }
+            } else {
+                let old = std::mem::take(map);
+                for (mut k, mut v) in old {
+                    redact_artifact("json", &mut k, env, found);
+                    redact_json_into(&mut v, env, found);
+                    redact_by_key(&k, &mut v, found);
+                    map.insert(k, v);
+                }
+            }
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+/// Rules that need the name beside the value (`"db_password": "..."`,
+/// the generic rule) see a key and its string value together, as they
+/// would in text; what they find in the value is redacted.
+fn redact_by_key(key: &str, value: &mut serde_json::Value, found: &mut Vec<Located>) {
+    let serde_json::Value::String(v) = value else {
+        return;
+    };
+    let probe = format!("{key}: {v}");
+    let offset = key.len() + 2;
+    let hits: Vec<Finding> = scan(&probe)
+        .into_iter()
+        .filter(|f| f.start >= offset)
+        .map(|mut f| {
+            f.start -= offset;
+            f.end -= offset;
+            f
+        })
+        .collect();
+    if hits.is_empty() {
+        return;
+    }
+    for f in &hits {
+        found.push(Located {
+            artifact: "json".to_owned(),
+            rule_id: f.rule_id.to_owned(),
+            line: f.line,
+            column: f.column,
+        });
+    }
+    *v = redact(v, &hits);
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }

@@ -23,6 +23,7 @@ use crate::layout::{
 };
 use crate::nofollow::{BoundedRead, is_real_dir, join, open_beneath, read_bounded};
 use crate::results::{running_job_result, running_step_result};
+use crate::secrets;
 use contracts::{
     ContextDoc, Job, JobId, JobState, ResultDoc, ResultKind, Status, Step, StepId, now_rfc3339,
 };
@@ -52,6 +53,9 @@ pub const TOMBSTONE_PREFIX: &str = ".orch-deleting-";
 #[derive(Debug, Clone)]
 pub struct ArtifactStore {
     root: PathBuf,
+    /// `SENSITIVE_ENV_VARS` (name, value) pairs, redacted from every file
+    /// published, besides what the rules find.
+    sensitive: Arc<[(String, String)]>,
 }
 
 impl ArtifactStore {
@@ -59,7 +63,17 @@ impl ArtifactStore {
     /// initialised; the root may be a symlink (only the tree below it may
     /// not).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            sensitive: Arc::from(Vec::new()),
+        }
+    }
+
+    /// Also redacts these (name, value) pairs (`SENSITIVE_ENV_VARS`) from
+    /// every file the store publishes.
+    pub fn with_sensitive_env(mut self, vars: Vec<(String, String)>) -> Self {
+        self.sensitive = Arc::from(vars);
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -72,6 +86,7 @@ impl ArtifactStore {
             inner: Arc::new(Inner {
                 job_id: id.clone(),
                 dir: self.root.join(id.as_str()),
+                sensitive: Arc::clone(&self.sensitive),
             }),
         }
     }
@@ -203,6 +218,7 @@ pub struct JobArtifacts {
 struct Inner {
     job_id: JobId,
     dir: PathBuf,
+    sensitive: Arc<[(String, String)]>,
 }
 
 impl JobArtifacts {
@@ -712,6 +728,16 @@ impl JobArtifacts {
         let dir_path = join(self.dir(), dir);
         for (name, data, place) in files {
             let path = dir_path.join(name);
+            // JSON documents were redacted value by value (`json_bytes`);
+            // every other file is redacted as bytes, here, so nothing the
+            // store publishes escapes the scan.
+            let redacted;
+            let data: &[u8] = if name.ends_with(".json") || data.is_empty() {
+                data
+            } else {
+                redacted = self.redact_bytes(name, data);
+                &redacted
+            };
             let place = match (place, std::fs::symlink_metadata(&path)) {
                 (_, Ok(m)) if m.is_dir() => {
                     return Err(ArtifactError::WrongType {
@@ -736,20 +762,49 @@ impl JobArtifacts {
         Ok(())
     }
 
+    /// A document as published: every string (and key) redacted, then
+    /// pretty-printed.
     fn json_bytes<T: Serialize>(&self, parts: &[&str], value: &T) -> Result<Vec<u8>> {
         let path = join(self.dir(), parts);
-        let mut data = serde_json::to_vec_pretty(value)
+        let mut doc = serde_json::to_value(value).map_err(|source| ArtifactError::Json {
+            path: path.clone(),
+            source,
+        })?;
+        let found = secrets::redact_json_value(&mut doc, &self.inner.sensitive);
+        self.note_redacted(parts.last().copied().unwrap_or(""), &found);
+        let mut data = serde_json::to_vec_pretty(&doc)
             .map_err(|source| ArtifactError::Json { path, source })?;
         data.push(b'\n');
         Ok(data)
     }
 
     fn write_json<T: Serialize>(&self, parts: &[&str], value: &T) -> Result<()> {
-        let path = join(self.dir(), parts);
-        let mut data = serde_json::to_vec_pretty(value)
-            .map_err(|source| ArtifactError::Json { path, source })?;
-        data.push(b'\n');
+        let data = self.json_bytes(parts, value)?;
         self.write_bytes(parts, &data)
+    }
+
+    /// A text file as published (report, patch, logs, raw streams).
+    fn redact_bytes(&self, name: &str, data: &[u8]) -> Vec<u8> {
+        let mut bytes = data.to_vec();
+        let mut found = Vec::new();
+        secrets::redact_artifact_bytes(name, &mut bytes, &self.inner.sensitive, &mut found);
+        let ids: Vec<String> = found.into_iter().map(|l| l.rule_id).collect();
+        self.note_redacted(name, &ids);
+        bytes
+    }
+
+    /// Logs which rules fired (never the values).
+    fn note_redacted(&self, file: &str, rule_ids: &[String]) {
+        if !rule_ids.is_empty() {
+            let rules: std::collections::BTreeSet<&str> =
+                rule_ids.iter().map(String::as_str).collect();
+            tracing::warn!(
+                job_id = %self.job_id(),
+                file,
+                rules = ?rules,
+                "secrets redacted before publishing"
+            );
+        }
     }
 
     fn read_json<T: DeserializeOwned>(&self, parts: &[&str]) -> Result<Option<T>> {

@@ -1,7 +1,12 @@
-//! `orch dev`: the whole stack on embedded defaults in one command — a
-//! gateway, a runner and the scheduler as child processes sharing `./var`,
-//! `./artifacts` and `./workspaces`, in simulation mode. Ctrl-C stops them
-//! all gracefully; if one of them dies, the others are stopped too.
+//! `orch dev`: the whole stack in one command — a gateway, a runner and the
+//! scheduler as child processes sharing the configured queue, artifacts and
+//! workspaces (`./var/queue`, `./artifacts`, `./workspaces` by default), in
+//! the configured mode (simulation unless `ENABLE_REAL_CLI=1`). Ctrl-C stops
+//! them all gracefully; if one of them dies, the others are stopped too.
+//!
+//! The banner shows the resolved paths, the mode and the gateway address
+//! (`--bind`, else `GATEWAY_BIND`); it never shows the webhook token's
+//! value.
 
 use crate::CliError;
 use nix::sys::signal::{Signal, kill};
@@ -11,11 +16,25 @@ use std::time::{Duration, Instant};
 
 const DEV_TOKEN: &str = "dev-token";
 
-pub fn dev(bind: &str) -> Result<u8, CliError> {
+pub fn dev(bind: Option<&str>) -> Result<u8, CliError> {
     let exe = std::env::current_exe()
         .map_err(|e| CliError::failed(format!("cannot locate the orch binary: {e}")))?;
     let dir = exe.parent().map(|p| p.to_path_buf()).unwrap_or_default();
-    let token = std::env::var("WEBHOOK_TOKEN").unwrap_or_else(|_| DEV_TOKEN.to_owned());
+    let env = contracts::env::EnvSource::load()?;
+    let paths = contracts::config::Paths::resolve(&env)?;
+    let bind = match bind {
+        Some(b) => b.to_owned(),
+        None => env
+            .get_str(&contracts::env::GATEWAY_BIND)?
+            .unwrap_or_else(|| contracts::env::GATEWAY_BIND.default.to_owned()),
+    };
+    let bind = bind.as_str();
+    let real = env.get_bool(&contracts::env::ENABLE_REAL_CLI)?;
+    let sandbox = env.get_bool(&contracts::env::SANDBOX)?;
+    let own_token = env
+        .get_str(&contracts::env::WEBHOOK_TOKEN)?
+        .filter(|t| !t.is_empty());
+    let token = own_token.clone().unwrap_or_else(|| DEV_TOKEN.to_owned());
     let mut children: Vec<(&str, Child)> = Vec::new();
     for name in ["orch-gateway", "orch-runner", "orch-scheduler"] {
         let bin = dir.join(name);
@@ -45,12 +64,32 @@ pub fn dev(bind: &str) -> Result<u8, CliError> {
             }
         }
     }
-    eprintln!("orch dev: gateway http://{bind}  (token: {token})");
+    // Never the token's value: it may be a real credential.
+    let (token_note, token_ref) = match own_token {
+        Some(_) => ("WEBHOOK_TOKEN (value not shown)", "$WEBHOOK_TOKEN"),
+        None => (
+            "the development token dev-token (set WEBHOOK_TOKEN to choose one)",
+            DEV_TOKEN,
+        ),
+    };
+    let mode = if real {
+        format!(
+            "real agent CLIs (ENABLE_REAL_CLI=1, SANDBOX={})",
+            u8::from(sandbox)
+        )
+    } else {
+        "simulation (ENABLE_REAL_CLI=1 runs the real agent CLIs)".to_owned()
+    };
+    eprintln!("orch dev: gateway http://{bind}  (token: {token_note})");
     eprintln!(
-        "orch dev: queue ./var/queue, artifacts ./artifacts, workspaces ./workspaces; simulation mode"
+        "orch dev: queue {}, artifacts {}, workspaces {}",
+        paths.queue_root.display(),
+        paths.artifacts_root.display(),
+        paths.workspaces_root.display()
     );
+    eprintln!("orch dev: mode {mode}");
     eprintln!(
-        "orch dev: try  curl -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' -d '{{\"goal\":\"hello\"}}' http://{bind}/webhook"
+        "orch dev: try  curl -H \"Authorization: Bearer {token_ref}\" -H 'Content-Type: application/json' -d '{{\"goal\":\"hello\"}}' http://{bind}/webhook"
     );
     eprintln!("orch dev: Ctrl-C stops everything");
 

@@ -1,9 +1,15 @@
 //! `orch doctor`: checks that an installation can work before a job finds
-//! out the hard way. Exit 1 when any check fails; warnings do not fail.
+//! out the hard way. Exit 1 when any check fails; warnings do not fail, but
+//! are counted in the verdict (never "all good" over a warning).
+//!
+//! With `ENABLE_REAL_CLI=1` it fails when every default job would fail: no
+//! usable sandbox (a `SANDBOX_WRAPPER` that is not an executable, bubblewrap
+//! absent or without user namespaces), an agent's `ro_paths` entry or the
+//! `state_seed_dir` of `AGENTS_CONFIG` that does not exist.
 
 use crate::{CliError, print_json};
 use serde_json::json;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -78,6 +84,13 @@ pub fn doctor(as_json: &bool) -> Result<u8, CliError> {
             ("artifacts", &paths.artifacts_root),
             ("workspaces", &paths.workspaces_root),
         ] {
+            if !dir.is_absolute() {
+                add(
+                    "dirs",
+                    Level::Fail,
+                    format!("{what} dir {} is not an absolute path", dir.display()),
+                );
+            }
             match probe_writable(dir) {
                 Ok(()) => add(
                     "dirs",
@@ -177,8 +190,8 @@ pub fn doctor(as_json: &bool) -> Result<u8, CliError> {
         let real = env
             .get_bool(&contracts::env::ENABLE_REAL_CLI)
             .unwrap_or(false);
-        let sandbox = env.get_bool(&contracts::env::SANDBOX).unwrap_or(true);
         if real {
+            real_mode_checks(env, &mut add);
             for bin in ["claude", "codex", "opencode"] {
                 match which(bin) {
                     Some(p) => add(
@@ -201,11 +214,25 @@ pub fn doctor(as_json: &bool) -> Result<u8, CliError> {
             );
         }
         let wrapper = env.get_str(&contracts::env::SANDBOX_WRAPPER).ok().flatten();
-        match (which("bwrap"), wrapper) {
-            (_, Some(w)) => add("sandbox", Level::Ok, format!("SANDBOX_WRAPPER={w}")),
-            (Some(p), None) => add("sandbox", Level::Ok, format!("bubblewrap found at {}", p.display())),
-            (None, None) if real && sandbox => add("sandbox", Level::Fail, "SANDBOX=1 with real CLIs needs bubblewrap (apt-get install bubblewrap) or SANDBOX_WRAPPER".into()),
-            (None, None) => add("sandbox", Level::Info, "bubblewrap not installed (needed only for real CLIs with SANDBOX=1)".into()),
+        // In real mode the sandbox was judged above, as a runner would.
+        if !real {
+            match (which("bwrap"), wrapper) {
+                (_, Some(w)) => add(
+                    "sandbox",
+                    Level::Info,
+                    format!("SANDBOX_WRAPPER={w} (used only with real CLIs)"),
+                ),
+                (Some(p), None) => add(
+                    "sandbox",
+                    Level::Ok,
+                    format!("bubblewrap found at {}", p.display()),
+                ),
+                (None, None) => add(
+                    "sandbox",
+                    Level::Info,
+                    "bubblewrap not installed (needed only for real CLIs with SANDBOX=1)".into(),
+                ),
+            }
         }
     }
 
@@ -219,16 +246,158 @@ pub fn doctor(as_json: &bool) -> Result<u8, CliError> {
         for c in &checks {
             println!("{:<5} {:<10} {}", c.level.as_str(), c.name, c.message);
         }
-        println!(
-            "{}",
-            if failed {
-                "doctor: problems found"
-            } else {
-                "doctor: all good"
-            }
-        );
+        let warnings = checks.iter().filter(|c| c.level == Level::Warn).count();
+        if failed {
+            println!("doctor: problems found");
+        } else if warnings > 0 {
+            println!(
+                "doctor: usable, with {warnings} warning{}",
+                if warnings == 1 { "" } else { "s" }
+            );
+        } else {
+            println!("doctor: all good");
+        }
     }
     Ok(if failed { 1 } else { 0 })
+}
+
+/// What a runner would say about real mode: a sandbox is usable (every
+/// job's `policy.sandbox` defaults to true, so without one every default
+/// job fails preflight), and every path the agents' sandboxes mount exists.
+fn real_mode_checks(
+    env: &contracts::env::EnvSource,
+    add: &mut impl FnMut(&'static str, Level, String),
+) {
+    match env.get_str(&contracts::env::SANDBOX_WRAPPER).ok().flatten() {
+        Some(w) => {
+            let found = if Path::new(&w).is_absolute() {
+                Some(PathBuf::from(&w)).filter(|p| is_executable(p))
+            } else {
+                which(&w)
+            };
+            match found {
+                Some(p) => add(
+                    "sandbox",
+                    Level::Ok,
+                    format!("SANDBOX_WRAPPER {}", p.display()),
+                ),
+                None => add(
+                    "sandbox",
+                    Level::Fail,
+                    format!(
+                        "SANDBOX_WRAPPER={w:?} is not an executable file, so every sandboxed job (policy.sandbox defaults to true) fails"
+                    ),
+                ),
+            }
+        }
+        None => match which("bwrap") {
+            None => add(
+                "sandbox",
+                Level::Fail,
+                "bubblewrap is not installed (apt-get install bubblewrap) and SANDBOX_WRAPPER is not set, so every sandboxed job (policy.sandbox defaults to true) fails".into(),
+            ),
+            Some(p) => match userns_problem() {
+                Some(why) => add("sandbox", Level::Fail, format!("bubblewrap at {} cannot create a sandbox: {why}", p.display())),
+                None => add("sandbox", Level::Ok, format!("bubblewrap found at {}", p.display())),
+            },
+        },
+    }
+    let config = match contracts::config::path_opt(env, &contracts::env::AGENTS_CONFIG) {
+        Ok(Some(p)) => p,
+        Ok(None) => return,
+        Err(e) => {
+            add("agents", Level::Fail, e.to_string());
+            return;
+        }
+    };
+    let doc: Option<serde_json::Value> = std::fs::read(&config)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let Some(doc) = doc else {
+        add(
+            "agents",
+            Level::Fail,
+            format!(
+                "AGENTS_CONFIG {} is not a readable JSON file",
+                config.display()
+            ),
+        );
+        return;
+    };
+    let agents = match &doc {
+        serde_json::Value::Array(a) => a.as_slice(),
+        other => other
+            .get("agents")
+            .and_then(serde_json::Value::as_array)
+            .map_or(&[][..], Vec::as_slice),
+    };
+    let mut missing = 0;
+    for agent in agents {
+        let name = agent
+            .get("name")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("?");
+        let paths = agent.get("ro_paths").and_then(serde_json::Value::as_array);
+        for p in paths
+            .into_iter()
+            .flatten()
+            .filter_map(serde_json::Value::as_str)
+        {
+            if !Path::new(p).is_absolute() || !Path::new(p).exists() {
+                missing += 1;
+                add(
+                    "agents",
+                    Level::Fail,
+                    format!(
+                        "agent {name}: ro_paths entry {p} is not an existing absolute path (its sandbox could not mount it)"
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(seed) = doc
+        .get("state_seed_dir")
+        .and_then(serde_json::Value::as_str)
+        && !Path::new(seed).is_dir()
+    {
+        missing += 1;
+        add(
+            "agents",
+            Level::Fail,
+            format!("state_seed_dir {seed} is not a directory"),
+        );
+    }
+    if missing == 0 {
+        add(
+            "agents",
+            Level::Ok,
+            format!("every path of AGENTS_CONFIG {} exists", config.display()),
+        );
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Why unprivileged user namespaces (which bubblewrap needs) are off, if
+/// the kernel says so.
+fn userns_problem() -> Option<String> {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    };
+    if read("/proc/sys/user/max_user_namespaces") == Some(0) {
+        return Some("user.max_user_namespaces is 0".into());
+    }
+    if read("/proc/sys/kernel/unprivileged_userns_clone") == Some(0)
+        && !nix::unistd::geteuid().is_root()
+    {
+        return Some("kernel.unprivileged_userns_clone is 0".into());
+    }
+    None
 }
 
 fn probe_writable(dir: &Path) -> Result<(), String> {

@@ -11,6 +11,7 @@ mod doctor;
 mod ops;
 mod status;
 mod submit;
+mod text;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -118,9 +119,9 @@ pub enum Cmd {
     Man,
     /// Run gateway, runner and scheduler on embedded defaults until Ctrl-C
     Dev {
-        /// Address for the gateway
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        bind: String,
+        /// Address for the gateway [default: GATEWAY_BIND, else 127.0.0.1:8080]
+        #[arg(long)]
+        bind: Option<String>,
     },
 }
 
@@ -259,7 +260,7 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
         Cmd::Unlock(j) => ops::act(&Ctx::load()?, j.get(), artifacts::control::Action::Unlock),
         Cmd::Recover { json } => ops::recover(&Ctx::load()?, json),
         Cmd::Doctor { json } => doctor::doctor(&json),
-        Cmd::Dev { bind } => dev::dev(&bind),
+        Cmd::Dev { bind } => dev::dev(bind.as_deref()),
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "orch", &mut std::io::stdout());
@@ -295,30 +296,61 @@ fn init_logging(verbose: u8) {
 /// Reads a job file or stdin (`-`), refusing anything over 8 MiB.
 pub(crate) fn read_input(file: &str) -> Result<Vec<u8>, CliError> {
     use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     const MAX: u64 = 8 * 1024 * 1024;
+    let too_large = || {
+        CliError::invalid(format!(
+            "{file}: larger than 8 MiB; a job file is a small JSON document"
+        ))
+    };
     let mut buf = Vec::new();
     let res = if file == "-" {
         std::io::stdin().take(MAX + 1).read_to_end(&mut buf)
     } else {
+        // Only a regular file is read, and its size is checked before a
+        // byte is: a FIFO or device would block or never end.
         let p = PathBuf::from(file);
-        match std::fs::metadata(&p) {
-            Ok(m) if m.is_dir() => {
-                return Err(CliError::invalid(format!(
-                    "{file}: is a directory, expected a JSON job file"
-                )));
-            }
-            Err(e) => return Err(CliError::invalid(format!("{file}: {e}"))),
-            Ok(_) => {}
+        let meta = std::fs::metadata(&p).map_err(|e| CliError::invalid(format!("{file}: {e}")))?;
+        check_regular(file, &meta)?;
+        if meta.len() > MAX {
+            return Err(too_large());
         }
-        std::fs::File::open(&p).and_then(|f| f.take(MAX + 1).read_to_end(&mut buf))
+        // O_NONBLOCK: a FIFO swapped in after the check cannot block the
+        // open; the handle is checked again below.
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+            .open(&p)
+            .map_err(|e| CliError::invalid(format!("{file}: cannot read: {e}")))?;
+        let meta = f
+            .metadata()
+            .map_err(|e| CliError::invalid(format!("{file}: cannot read: {e}")))?;
+        check_regular(file, &meta)?;
+        if meta.len() > MAX {
+            return Err(too_large());
+        }
+        f.take(MAX + 1).read_to_end(&mut buf)
     };
     res.map_err(|e| CliError::invalid(format!("{file}: cannot read: {e}")))?;
     if buf.len() as u64 > MAX {
-        return Err(CliError::invalid(format!(
-            "{file}: larger than 8 MiB; a job file is a small JSON document"
-        )));
+        return Err(too_large());
     }
     Ok(buf)
+}
+
+fn check_regular(file: &str, meta: &std::fs::Metadata) -> Result<(), CliError> {
+    if meta.is_file() {
+        return Ok(());
+    }
+    let what = if meta.is_dir() {
+        "is a directory"
+    } else {
+        "is not a regular file (a FIFO, socket or device)"
+    };
+    Err(
+        CliError::invalid(format!("{file}: {what}, expected a JSON job file"))
+            .hint("give a job file, or `-` to read the job from stdin"),
+    )
 }
 
 /// Prints a JSON value on stdout.

@@ -1,11 +1,11 @@
 //! `orch status`, `orch list`, `orch logs`: read-only views assembled from
 //! the queue (where a job is) and the artifacts tree (how it is doing).
 
-use crate::{CliError, Ctx, print_json};
+use crate::{CliError, Ctx, print_json, text};
 use contracts::{JobId, JobState, ResultDoc};
 use fsqueue::State;
 use serde_json::{Value, json};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 fn parse_id(id: &str) -> Result<JobId, CliError> {
@@ -107,18 +107,18 @@ fn print_status(
         "status    {}\n",
         status.unwrap_or("(not started)")
     ));
+    // Job text is caller-chosen: redacted, escaped and cut (`text`).
     if let Some(g) = doc["goal"].as_str() {
-        let g: String = g.chars().take(200).collect();
-        out.push_str(&format!("goal      {}\n", g.replace('\n', " ")));
+        out.push_str(&format!("goal      {}\n", text::one_line(g, 200)));
     }
     if let Some(s) = doc["summary"].as_str() {
-        out.push_str(&format!("summary   {s}\n"));
+        out.push_str(&format!("summary   {}\n", text::one_line(s, 500)));
     }
     if let Some(e) = doc["error"].as_object() {
         out.push_str(&format!(
             "error     {}: {}\n",
-            e.get("code").and_then(Value::as_str).unwrap_or("?"),
-            e.get("message").and_then(Value::as_str).unwrap_or("")
+            text::one_line(e.get("code").and_then(Value::as_str).unwrap_or("?"), 64),
+            text::one_line(e.get("message").and_then(Value::as_str).unwrap_or(""), 1000)
         ));
     }
     out.push_str(&format!("artifacts {}\n", arts.dir().display()));
@@ -131,7 +131,7 @@ fn print_status(
                 .unwrap_or_default();
             out.push_str(&format!(
                 "  {:<24} {:<12} attempts {:<3} {}\n",
-                s["step_id"].as_str().unwrap_or(""),
+                text::one_line(s["step_id"].as_str().unwrap_or(""), 64),
                 s["status"].as_str().unwrap_or("pending"),
                 s["attempts"],
                 dur
@@ -179,14 +179,14 @@ pub fn list(ctx: &Ctx, state: Option<&str>, limit: usize, as_json: bool) -> Resu
     }
     let mut out = std::io::stdout().lock();
     for r in rows {
-        let goal: String = r["goal"].as_str().unwrap_or("").chars().take(60).collect();
+        let goal = text::one_line(r["goal"].as_str().unwrap_or(""), 60);
         let _ = writeln!(
             out,
             "{:<34} {:<18} {:<21} {}",
-            r["job_id"].as_str().unwrap_or(""),
+            text::one_line(r["job_id"].as_str().unwrap_or(""), 64),
             r["state"].as_str().unwrap_or(""),
             r["enqueued_at"].as_str().unwrap_or(""),
-            goal.replace('\n', " ")
+            goal
         );
     }
     Ok(0)
@@ -239,6 +239,7 @@ pub fn logs(ctx: &Ctx, id: &str, step: Option<&str>, follow: bool) -> Result<u8,
     // The last (status, attempt) reported of each step.
     let mut reported: std::collections::HashMap<String, (contracts::Status, u32)> =
         Default::default();
+    let tty = std::io::stdout().is_terminal();
     let mut out = std::io::stdout().lock();
     loop {
         // Read the state before the files, so a job found terminal below
@@ -251,7 +252,12 @@ pub fn logs(ctx: &Ctx, id: &str, step: Option<&str>, follow: bool) -> Result<u8,
                 }
                 let now = (s.status, s.attempt);
                 if reported.get(sid) != Some(&now) {
-                    eprintln!("[orch] step {sid}: {} (attempt {})", s.status, s.attempt);
+                    eprintln!(
+                        "[orch] step {}: {} (attempt {})",
+                        text::one_line(sid, 64),
+                        s.status,
+                        s.attempt
+                    );
                     reported.insert(sid.clone(), now);
                 }
             }
@@ -277,7 +283,13 @@ pub fn logs(ctx: &Ctx, id: &str, step: Option<&str>, follow: bool) -> Result<u8,
             {
                 let _ = writeln!(out, "{h}");
             }
-            let _ = out.write_all(new);
+            // On a terminal, escape sequences in agent output are shown,
+            // not obeyed; a pipe gets the bytes as published.
+            if tty {
+                let _ = out.write_all(text::block(new).as_bytes());
+            } else {
+                let _ = out.write_all(new);
+            }
             let _ = out.flush();
             *seen = bytes;
         }

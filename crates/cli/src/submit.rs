@@ -32,6 +32,15 @@ fn normalize_file(ctx: &Ctx, file: &str) -> Result<Job, CliError> {
         return Err(CliError::invalid(format!("{shown}: /workdir: {} is not a directory", job.workdir))
             .hint("workdir names a local directory whose contents seed the job's workspace; omit it for an empty workspace"));
     }
+    // The directory it really is (`..` and symlinks resolved) is never `/`
+    // or a system directory; the runner checks again before copying.
+    if job.workdir != "."
+        && let Ok(real) = std::fs::canonicalize(&job.workdir)
+        && let Err(why) = contracts::validate::check_workdir(&real.to_string_lossy())
+    {
+        return Err(CliError::invalid(format!("{shown}: /workdir: {why}"))
+            .hint("workdir names the project directory whose contents seed the job's workspace"));
+    }
     Ok(job)
 }
 

@@ -50,10 +50,19 @@ fn path(src: &EnvSource, var: &EnvVar) -> Result<PathBuf, ConfigError> {
     })
 }
 
-/// An optional path variable. NUL bytes cannot occur (env values are C
-/// strings); anything else is a path the OS will judge on use.
+/// An optional path variable, made absolute against the current directory
+/// at start-up: a relative path handed to another process (a sandbox's
+/// bind mount, a child with another working directory) would name
+/// something else. NUL bytes cannot occur (env values are C strings);
+/// anything else is a path the OS will judge on use.
 pub fn path_opt(src: &EnvSource, var: &EnvVar) -> Result<Option<PathBuf>, ConfigError> {
-    Ok(src.get_str(var)?.map(PathBuf::from))
+    match src.get_str(var)? {
+        None => Ok(None),
+        Some(p) if p.is_empty() => Ok(None),
+        Some(p) => std::path::absolute(&p)
+            .map(Some)
+            .map_err(|e| invalid(var, &p, &format!("a path that can be made absolute ({e})"))),
+    }
 }
 
 /// `PROJECT_ALIASES=id=/abs/path,id2=/abs/path2`.
@@ -237,7 +246,19 @@ mod tests {
     #[test]
     fn defaults_and_aliases() {
         let p = Paths::resolve(&src(&[])).unwrap();
-        assert_eq!(p.queue_root, PathBuf::from("var/queue"));
+        // Every root is absolute, relative defaults against the current
+        // directory (a relative WORKSPACES_ROOT broke every sandboxed step).
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(p.queue_root, cwd.join("var/queue"));
+        assert_eq!(p.workspaces_root, cwd.join("workspaces"));
+        for root in [
+            &p.artifacts_root,
+            &p.metrics_dir,
+            &p.state_db,
+            &p.schedules_dir,
+        ] {
+            assert!(root.is_absolute(), "{}", root.display());
+        }
         assert!(p.project_aliases.is_empty());
         let p = Paths::resolve(&src(&[("PROJECT_ALIASES", "web=/srv/web, api=/srv/api")])).unwrap();
         assert_eq!(p.project_aliases.len(), 2);

@@ -50,6 +50,8 @@ env_vars! {
     QUEUE_ROOT = ("var/queue", "all", "Root of the file queue; `pending/`, `running/`, `done/`, `failed/`, `awaiting_approval/` and internal directories live below it.");
     ARTIFACTS_ROOT = ("artifacts", "all", "Root of the artifacts tree; each job writes `<job_id>/job.json`, `state.json`, `result.json`, `steps/...` below it.");
     WORKSPACES_ROOT = ("workspaces", "runner, scheduler, orch", "Root of per-job workspaces; `<job_id>/work` is the agents' working directory.");
+    WORKSPACE_MAX_BYTES = ("2147483648", "runner", "Cap on the bytes of regular files a job's workspace copy (or clone) of its `workdir` may hold; past it the job fails with an error naming this variable (2 GiB).");
+    WORKSPACE_MAX_FILES = ("100000", "runner", "Cap on the entries (files, directories, links) of a job's workspace copy (or clone); past it the job fails with an error naming this variable.");
     STATE_DB_PATH = ("var/state.db", "runner, gateway, orch", "SQLite database of the budget ledger (WAL mode).");
     SCHEDULES_DIR = ("schedules", "scheduler, orch", "Directory of schedule files (`*.json`); a bad file is reported and skipped.");
     PROMPTS_DIR = ("", "all", "Directory of operator-edited prompts: `01_plan.md`, `02_implement.md`, `03_review.md` replace the embedded default-pipeline templates (`{goal}` is substituted) and `roles/<role>.md` replaces the system prompt of a role; unset uses the embedded ones.");
@@ -556,6 +558,8 @@ mod tests {
             &ARTIFACTS_TTL_SEC,
             &WORKSPACES_TTL_SEC,
             &DEDUP_WINDOW_SEC,
+            &WORKSPACE_MAX_BYTES,
+            &WORKSPACE_MAX_FILES,
         ] {
             src.get_u64_range(v, 0, u64::MAX)
                 .unwrap_or_else(|e| panic!("{e}"));

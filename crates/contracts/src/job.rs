@@ -88,6 +88,19 @@ pub struct Step {
     pub allowed_tools: Option<Vec<String>>,
     #[serde(default)]
     pub on_failure: OnFailure,
+    /// `read` or `write`; absent means the role's default
+    /// ([`crate::access::default_access`]). Normalisation fills it in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<crate::Access>,
+}
+
+impl Step {
+    /// What this step may do to its workspace: the explicit `access`, else
+    /// the role table's default (read-only for any unknown role).
+    pub fn access(&self) -> crate::Access {
+        self.access
+            .unwrap_or_else(|| crate::access::default_access(&self.role))
+    }
 }
 
 pub const DEFAULT_STEP_TIMEOUT_SEC: u32 = 600;

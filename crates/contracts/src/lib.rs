@@ -7,6 +7,7 @@
 //! Everything here is an API boundary: a change to a serialised field is a
 //! format change and must stay loadable by older documents.
 
+pub mod access;
 pub mod config;
 pub mod env;
 pub mod ids;
@@ -17,6 +18,7 @@ pub mod schema;
 pub mod state;
 pub mod validate;
 
+pub use access::Access;
 pub use ids::{IdError, JobId, StepId};
 pub use job::{
     ArtifactHandoff, ContextMessage, ContextStrategy, Job, NetworkPolicy, OnFailure, Policy,

@@ -268,6 +268,19 @@ pub fn normalize(
             ),
         }
     }
+    // Every step says what it may do: an absent `access` becomes the role
+    // table's (read-only for unknown roles), written into the job.
+    if let Some(Value::Array(steps)) = obj.get_mut("steps") {
+        for step in steps.iter_mut().filter_map(Value::as_object_mut) {
+            if step.get("access").is_none_or(Value::is_null) {
+                step.remove("access");
+                if let Some(Value::String(role)) = step.get("role") {
+                    let access = crate::access::default_access(role);
+                    step.insert("access".into(), access.as_str().into());
+                }
+            }
+        }
+    }
     if !obj.contains_key("artifact_handoff") {
         let handoff = opts.default_artifact_handoff.unwrap_or_default();
         if let Ok(v) = serde_json::to_value(handoff) {

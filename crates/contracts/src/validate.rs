@@ -304,6 +304,7 @@ const STEP_KEYS: &[&str] = &[
     "apply_patches_from",
     "allowed_tools",
     "on_failure",
+    "access",
 ];
 const STEP_REQUIRED: &[&str] = &["step_id", "agent", "role", "prompt"];
 const SOURCE_KEYS: &[&str] = &["type", "meta"];
@@ -464,6 +465,10 @@ impl Checker {
         if let Some(v) = obj.get("goal") {
             match v.as_str() {
                 Some(s) if s.trim().is_empty() => self.err("/goal", "must not be blank"),
+                Some(s) if !has_visible_text(s) => self.err(
+                    "/goal",
+                    "must contain visible text (it has only invisible characters such as zero-width spaces or controls)",
+                ),
                 Some(s) => {
                     let n = s.chars().count();
                     if n > GOAL_MAX_CHARS {
@@ -495,6 +500,11 @@ impl Checker {
             && s.contains('\0')
         {
             self.err("/workdir", "must not contain NUL characters");
+        }
+        if let Some(Value::String(s)) = obj.get("workdir")
+            && let Err(why) = check_workdir(s)
+        {
+            self.err("/workdir", why);
         }
         if let Some(v) = obj.get("callback_url") {
             match v {
@@ -711,6 +721,17 @@ impl Checker {
             {
                 self.names(&format!("{base}/allowed_tools"), v);
             }
+            if let Some(v) = obj.get("access") {
+                let p = format!("{base}/access");
+                match v.as_str() {
+                    Some(s) if crate::Access::parse(s).is_some() => {}
+                    Some(s) => self.err(
+                        &p,
+                        format!("invalid access {}: expected read or write", quote(s)),
+                    ),
+                    None => self.wrong_type(&p, "\"read\" or \"write\"", v),
+                }
+            }
             if let Some(v) = obj.get("on_failure") {
                 let p = format!("{base}/on_failure");
                 match v.as_str() {
@@ -787,6 +808,78 @@ pub fn is_valid_project_id(s: &str) -> bool {
 /// (per-agent state directories), so they are as tame as step ids.
 pub fn is_valid_agent_name(s: &str) -> bool {
     is_valid_step_id(s)
+}
+
+/// True when `s` has at least one character that shows on a screen: not
+/// whitespace, not a control, not a zero-width or invisible formatting
+/// character (zero-width spaces and joiners, bidirectional controls, the
+/// byte order mark, fillers).
+pub fn has_visible_text(s: &str) -> bool {
+    s.chars().any(|c| {
+        !c.is_whitespace()
+            && !c.is_control()
+            && !matches!(c,
+                '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}'
+                | '\u{17B5}' | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF0}'..='\u{FFF8}')
+    })
+}
+
+/// Directories a job's `workdir` may never be: copying them into a
+/// workspace would hand an agent the machine's configuration, credentials
+/// or whole filesystems. The root and each of these is refused exactly.
+pub const SYSTEM_DIRS: &[&str] = &[
+    "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media",
+    "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var",
+];
+
+/// Directories whose whole subtree is refused as a `workdir` (system
+/// configuration, kernel interfaces, devices, installed software).
+pub const SYSTEM_TREES: &[&str] = &[
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run",
+    "/sbin", "/sys", "/usr",
+];
+
+/// Checks an absolute `workdir` (after `.`/`..` are resolved lexically):
+/// not `/`, not one of [`SYSTEM_DIRS`], not inside one of
+/// [`SYSTEM_TREES`]. Relative paths pass (they are resolved by the entry
+/// point, which checks the result again, as does the runner on the real
+/// path it copies).
+pub fn check_workdir(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Ok(());
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for comp in path.split('/') {
+        match comp {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    let norm = format!("/{}", parts.join("/"));
+    if norm == "/" {
+        return Err("the root directory \"/\" cannot be a workdir: it would copy the whole filesystem into the workspace".into());
+    }
+    if SYSTEM_DIRS.contains(&norm.as_str()) {
+        return Err(format!(
+            "{} is a system directory and cannot be a workdir",
+            quote(&norm)
+        ));
+    }
+    if let Some(tree) = SYSTEM_TREES.iter().find(|t| {
+        norm.strip_prefix(**t)
+            .is_some_and(|rest| rest.starts_with('/'))
+    }) {
+        return Err(format!(
+            "{} is inside the system directory {tree} and cannot be a workdir",
+            quote(&norm)
+        ));
+    }
+    Ok(())
 }
 
 /// Characters forbidden anywhere in a relative path: C0 and C1 controls
@@ -1049,6 +1142,57 @@ mod tests {
             "9999-01-01T00:00:00Z",
         ] {
             assert!(!is_rfc3339(bad), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn workdirs_never_name_system_directories() {
+        for bad in [
+            "/",
+            "//",
+            "/.",
+            "/etc",
+            "/etc/",
+            "/etc/ssl",
+            "/usr/lib/x",
+            "/home",
+            "/tmp",
+            "/proc/self/root",
+            "/srv/../etc",
+            "/a/../..",
+            "/tmp/../usr",
+        ] {
+            assert!(check_workdir(bad).is_err(), "{bad}");
+        }
+        for ok in [
+            ".",
+            "rel/dir",
+            "/home/me/project",
+            "/tmp/job-src",
+            "/srv/web",
+            "/etcetera",
+            "/opt/app/src",
+            "/var/lib/orch/src",
+            "/usr/../home/me",
+        ] {
+            assert!(check_workdir(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn visible_text_needs_a_visible_character() {
+        for invisible in [
+            "",
+            " \t\n",
+            "\u{200b}\u{200c}\u{200d}",
+            "\u{feff}\u{2060}",
+            "\u{202e}\u{1b}",
+            "\u{ad}\u{3164}",
+        ] {
+            assert!(!has_visible_text(invisible), "{invisible:?}");
+        }
+        for visible in ["x", "\u{200b}x", "\u{1b}[2Jfix", "日本"] {
+            assert!(has_visible_text(visible), "{visible:?}");
         }
     }
 

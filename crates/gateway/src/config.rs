@@ -98,10 +98,19 @@ fn path_of(
     env: &EnvSource,
     var: &ev::EnvVar,
 ) -> Result<PathBuf, ConfigError> {
-    match flag {
-        Some(p) => Ok(p.clone()),
-        None => Ok(PathBuf::from(env.get_str(var)?.unwrap_or_default())),
+    let p = match flag {
+        Some(p) => p.clone(),
+        None => PathBuf::from(env.get_str(var)?.unwrap_or_default()),
+    };
+    // Absolute from start-up on, like every orch process's roots.
+    if p.as_os_str().is_empty() {
+        return Ok(p);
     }
+    std::path::absolute(&p).map_err(|e| ConfigError::Invalid {
+        var: var.name,
+        value: format!("{:?}", p.display().to_string()),
+        expected: format!("a path that can be made absolute ({e})"),
+    })
 }
 
 /// A duration in milliseconds from its flag, else from its variable.

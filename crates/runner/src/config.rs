@@ -45,6 +45,8 @@ pub struct Config {
     pub queue_root: PathBuf,
     pub artifacts_root: PathBuf,
     pub workspaces_root: PathBuf,
+    /// `WORKSPACE_MAX_BYTES`, `WORKSPACE_MAX_FILES`.
+    pub workspace_limits: workers::WorkspaceLimits,
     pub metrics_dir: PathBuf,
     pub runner_id: String,
     pub concurrency: usize,
@@ -111,12 +113,14 @@ impl Config {
             }
         }
         Ok(Self {
-            queue_root: args.queue_root.clone().unwrap_or(paths.queue_root),
-            artifacts_root: args.artifacts_root.clone().unwrap_or(paths.artifacts_root),
-            workspaces_root: args
-                .workspaces_root
-                .clone()
-                .unwrap_or(paths.workspaces_root),
+            // Flags, like the variables, are resolved to absolute paths.
+            queue_root: absolute_or(&args.queue_root, paths.queue_root)?,
+            artifacts_root: absolute_or(&args.artifacts_root, paths.artifacts_root)?,
+            workspaces_root: absolute_or(&args.workspaces_root, paths.workspaces_root)?,
+            workspace_limits: workers::WorkspaceLimits {
+                max_bytes: env.get_u64_range(&ev::WORKSPACE_MAX_BYTES, 1, u64::MAX)?,
+                max_files: env.get_u64_range(&ev::WORKSPACE_MAX_FILES, 1, u64::MAX)?,
+            },
             metrics_dir: paths.metrics_dir,
             runner_id,
             concurrency,
@@ -152,6 +156,18 @@ impl Config {
             callback_allow_private: env.get_bool(&ev::CALLBACK_ALLOW_PRIVATE)?,
             env: env.clone(),
         })
+    }
+}
+
+/// A path flag made absolute, or the (already absolute) configured path.
+fn absolute_or(flag: &Option<PathBuf>, configured: PathBuf) -> Result<PathBuf, ev::ConfigError> {
+    match flag {
+        None => Ok(configured),
+        Some(p) => std::path::absolute(p).map_err(|e| ev::ConfigError::Invalid {
+            var: "--path flag",
+            value: format!("{:?}", p.display().to_string()),
+            expected: format!("a path that can be made absolute ({e})"),
+        }),
     }
 }
 

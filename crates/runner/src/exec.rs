@@ -244,10 +244,22 @@ impl JobRun {
         ];
         let work = self.work_dir.clone();
         let src = source.clone();
-        tokio::task::spawn_blocking(move || {
-            workers::workspace::prepare(src.as_deref(), &work, &excludes)
+        let limits = cfg.workspace_limits;
+        let prepared = tokio::task::spawn_blocking(move || {
+            workers::prepare_with_limits(src.as_deref(), &work, &excludes, limits)
         })
-        .await??;
+        .await?;
+        // A refused or oversized source fails the job with its reason; a
+        // retry would meet the same source.
+        if let Err(e) = prepared {
+            // Stopping (shutdown, lost lease) wins: the job is released.
+            if self.control.reason().is_some() {
+                return Err(e.into());
+            }
+            tracing::error!(job_id, error = %e, "workspace preparation failed");
+            let err = ErrorInfo::new("workspace", e.to_string());
+            return self.finish(Status::Failed, Some(err), &[]).await;
+        }
         fsqueue::durable::create_dir_all(&state_dir)?;
 
         // Preflight: every agent the job names can run here (binaries

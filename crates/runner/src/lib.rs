@@ -65,7 +65,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         .map_err(|e| RunnerError::Other(e.to_string()))?,
     );
     let ctx = Arc::new(Ctx {
-        store: artifacts::ArtifactStore::new(&cfg.artifacts_root),
+        store: artifacts::ArtifactStore::new(&cfg.artifacts_root)
+            .with_sensitive_env(cfg.sensitive_env.clone()),
         queue: queue.clone(),
         registry,
         cfg,

@@ -42,4 +42,7 @@ pub use diff::{Snapshot, SnapshotLimits, change_status, diff};
 pub use real::{RealAgent, RealConfig, RealConfigError};
 pub use sim::{SimBehaviour, SimDirectives, SimulatedAgent};
 pub use worker::{Registry, StepOutcome, StepRequest, Worker, WorkerFuture};
-pub use workspace::{PrepareMethod, PrepareOutcome, SkipReason, Skipped, WorkspaceError, prepare};
+pub use workspace::{
+    Limits as WorkspaceLimits, PrepareMethod, PrepareOutcome, SkipReason, Skipped, WorkspaceError,
+    prepare, prepare_with_limits,
+};

@@ -15,7 +15,6 @@ use crate::agents::{self, AgentSpec, AgentsConfigError, PromptMode, READ_ONLY_TO
 use crate::exec::{self, ExecError, ExecPolicy, ExecSpec, ExitKind};
 use crate::output::{self, FailureClass, Parsed};
 use crate::sandbox::{self, Mounts, Sandbox};
-use crate::sim::SimBehaviour;
 use crate::worker::{StepOutcome, StepRequest, Worker, WorkerFuture};
 use contracts::env::{self as ev, ConfigError, EnvSource};
 use contracts::{ErrorInfo, Job, NetworkPolicy, Status};
@@ -124,7 +123,9 @@ impl RealConfig {
         let (sandbox, sandbox_problem) = match src.get_str(&ev::SANDBOX_WRAPPER)? {
             Some(w) => {
                 let program = if Path::new(&w).is_absolute() {
-                    Some(PathBuf::from(&w))
+                    // An absolute wrapper must exist, or every sandboxed
+                    // step would fail to start.
+                    Some(PathBuf::from(&w)).filter(|p| p.is_file())
                 } else {
                     exec::find_on_path(&w, &exec.search_path)
                 };
@@ -139,7 +140,7 @@ impl RealConfig {
                     None => (
                         None,
                         Some(format!(
-                            "SANDBOX_WRAPPER={w:?} is not an executable on PATH"
+                            "SANDBOX_WRAPPER={w:?} is not an executable file (an absolute path, or a name on PATH)"
                         )),
                     ),
                 }
@@ -483,10 +484,8 @@ impl RealAgent {
             );
         }
 
-        let read_only = matches!(
-            SimBehaviour::for_role(&step.role),
-            Some(SimBehaviour::Review | SimBehaviour::Plan)
-        );
+        // The step's access (contracts::access), not the role's wording.
+        let read_only = step.access() == contracts::Access::Read;
         let mut values: BTreeMap<&str, String> = BTreeMap::new();
         if let Some(m) = &spec.model {
             values.insert("model", m.clone());
@@ -742,6 +741,22 @@ impl RealAgent {
                 format!("{name} reported an error: {}", one_line(err, 500)),
             );
         }
+        // bubblewrap's own set-up errors ("bwrap: Can't find source path
+        // ...") mean the agent never started: fatal, with bwrap's reason,
+        // since a retry would meet the same set-up.
+        if !exit.success()
+            && out.stdout.total_bytes == 0
+            && let Some(reason) = stderr.lines().find(|l| l.starts_with("bwrap: "))
+        {
+            return failed(
+                FailureClass::Fatal,
+                "sandbox_setup",
+                format!(
+                    "the sandbox for {name} could not be set up: {}",
+                    one_line(reason, 300)
+                ),
+            );
+        }
         if !exit.success() {
             let class = output::classify_crash(stderr);
             let code = if class == FailureClass::Retryable {
@@ -842,6 +857,8 @@ fn allowed_tools(
 }
 
 fn one_line(s: &str, max: usize) -> String {
+    // Redact before cutting: a cut secret no longer matches its rule.
+    let (s, _) = artifacts::secrets::scan_and_redact(s);
     let line = s
         .lines()
         .map(str::trim)

@@ -256,7 +256,9 @@ pub fn probe(path: &str) -> Result<(), String> {
     let Some(truth) = find_on_path("true", path) else {
         return Err("cannot probe the sandbox: `true` is not on PATH".into());
     };
-    let cwd = std::env::temp_dir();
+    // `/`, which exists inside the sandbox: a TMPDIR outside /tmp is not
+    // mounted there, and `--chdir` to it failed the probe.
+    let cwd = PathBuf::from("/");
     let mut spec = ExecSpec::new(truth, cwd.clone());
     spec.env = vec![("PATH".into(), "/usr/bin:/bin".into())];
     let wrapped = sb.wrap(&spec, &Mounts::default());

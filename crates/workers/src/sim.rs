@@ -115,9 +115,16 @@ impl SimulatedAgent {
     async fn simulate(&self, req: &StepRequest, cancel: CancellationToken) -> StepOutcome {
         let started = Instant::now();
         let d = SimDirectives::for_request(req);
-        let behaviour = self.behaviour_for(&req.step.role);
+        let mut behaviour = self.behaviour_for(&req.step.role);
+        // The role picks what the simulation looks like; what the step may
+        // do is the step's `access` (contracts::access), never the role's
+        // wording: a read-only step never writes, whatever its role says.
+        let access = req.step.access();
+        if access == contracts::Access::Read && behaviour == SimBehaviour::Implement {
+            behaviour = SimBehaviour::Plan;
+        }
         let mut logs = format!(
-            "[sim] agent={} role={} behaviour={behaviour:?} job={} step={} attempt={}\n",
+            "[sim] agent={} role={} access={access} behaviour={behaviour:?} job={} step={} attempt={}\n",
             self.name, req.step.role, req.job_id, req.step.step_id, req.attempt
         );
         for m in &d.ignored {
@@ -522,8 +529,11 @@ fn list_workspace(workdir: &Path) -> Result<Listing, String> {
     Ok(Listing { files, complete })
 }
 
-/// The first line of `s`, at most `max` characters.
+/// The first line of `s`, at most `max` characters. Secrets are redacted
+/// before the cut: a cut secret would no longer match its rule and leak
+/// its prefix.
 fn one_line(s: &str, max: usize) -> String {
+    let (s, _) = artifacts::secrets::scan_and_redact(s);
     let line = s.trim().lines().next().unwrap_or("");
     let mut out: String = line.chars().take(max).collect();
     if line.chars().count() > max {
@@ -583,5 +593,10 @@ mod tests {
     fn one_line_truncates() {
         assert_eq!(one_line("  abc\ndef", 10), "abc");
         assert_eq!(one_line("abcdef", 3), "abc…");
+        // Redact first, then cut: no prefix of the key survives.
+        let key = ["AK", "IA", "ZDOCIQ7RTESTKEYX"].concat();
+        let cut = one_line(&format!("deploy with {key} now"), 20);
+        assert!(!cut.contains(&key[..8]), "{cut}");
+        assert!(cut.starts_with("deploy with [REDACT"), "{cut}");
     }
 }

@@ -20,6 +20,17 @@
 //!   Exclusion compares device and inode, so no path spelling (symlinks,
 //!   `..`, bind mounts) can sneak past it.
 //!
+//! - The copy stays on the source's filesystem: a directory that is a
+//!   mount point of another filesystem is skipped and reported (a source
+//!   tree with `/proc` or a network share mounted inside is not copied
+//!   whole).
+//! - The source is never `/` or a system directory
+//!   (`contracts::validate::check_workdir`, checked again here on the
+//!   resolved path, whatever the job said), and a copy is capped at
+//!   [`Limits`] (`WORKSPACE_MAX_BYTES`, `WORKSPACE_MAX_FILES`): past either
+//!   cap preparation fails with an error naming the cap, and nothing is
+//!   left behind. A git clone is measured against the same caps.
+//!
 //! The work dir appears atomically: everything is built in a staging
 //! sibling, flushed with `syncfs`, then renamed into place. A crash mid-copy
 //! therefore never leaves a half-copied work dir that the next attempt would
@@ -53,6 +64,17 @@ pub enum WorkspaceError {
     BadSource { path: PathBuf, what: &'static str },
     #[error("work dir {path}: {what}")]
     BadWorkDir { path: PathBuf, what: &'static str },
+    #[error("workspace source {path}: {why}")]
+    Refused { path: PathBuf, why: String },
+    #[error(
+        "workspace source {path} is too large: more than {var}={limit} {unit}; choose a smaller workdir or raise {var}"
+    )]
+    TooLarge {
+        path: PathBuf,
+        var: &'static str,
+        limit: u64,
+        unit: &'static str,
+    },
     #[error("cloning git source {source_dir} failed: {error}")]
     GitClone {
         source_dir: PathBuf,
@@ -105,6 +127,8 @@ pub enum SkipReason {
     Excluded,
     /// A FIFO, socket or device.
     SpecialFile,
+    /// A directory on another filesystem (a mount point inside the source).
+    OtherFilesystem,
     /// Could not be read (permissions).
     Unreadable { error: String },
 }
@@ -125,15 +149,46 @@ pub struct PrepareOutcome {
     pub skipped: Vec<Skipped>,
 }
 
-/// Prepares `work_dir` from `source` (see the module docs). `exclude` lists
-/// directories never copied (missing ones are ignored). Blocking (it copies
-/// trees and may run `git`): call it from `tokio::task::spawn_blocking`.
+/// Caps on what a workspace copy may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Total bytes of regular files (`WORKSPACE_MAX_BYTES`).
+    pub max_bytes: u64,
+    /// Entries: files, directories and links (`WORKSPACE_MAX_FILES`).
+    pub max_files: u64,
+}
+
+impl Default for Limits {
+    /// The documented defaults of `WORKSPACE_MAX_BYTES` and
+    /// `WORKSPACE_MAX_FILES`.
+    fn default() -> Self {
+        Self {
+            max_bytes: 2 << 30,
+            max_files: 100_000,
+        }
+    }
+}
+
+/// Prepares `work_dir` from `source` (see the module docs) with the
+/// default [`Limits`]. `exclude` lists directories never copied (missing
+/// ones are ignored). Blocking (it copies trees and may run `git`): call it
+/// from `tokio::task::spawn_blocking`.
 pub fn prepare(
     source: Option<&Path>,
     work_dir: &Path,
     exclude: &[PathBuf],
 ) -> Result<PrepareOutcome, WorkspaceError> {
-    prepare_with_git(source, work_dir, exclude, OsStr::new("git"))
+    prepare_with_limits(source, work_dir, exclude, Limits::default())
+}
+
+/// [`prepare`] with explicit caps.
+pub fn prepare_with_limits(
+    source: Option<&Path>,
+    work_dir: &Path,
+    exclude: &[PathBuf],
+    limits: Limits,
+) -> Result<PrepareOutcome, WorkspaceError> {
+    prepare_with_git(source, work_dir, exclude, OsStr::new("git"), limits)
 }
 
 /// True when `work_dir` is a git work tree (a clone, or a reused clone), the
@@ -147,6 +202,7 @@ fn prepare_with_git(
     work_dir: &Path,
     exclude: &[PathBuf],
     git: &OsStr,
+    limits: Limits,
 ) -> Result<PrepareOutcome, WorkspaceError> {
     let outcome = |method, skipped| PrepareOutcome {
         work_dir: work_dir.to_path_buf(),
@@ -186,6 +242,14 @@ fn prepare_with_git(
             what: "is not a directory",
         });
     }
+    // Whatever the job said: the path actually copied is never `/` or a
+    // system directory (a symlink to /etc resolves to /etc here).
+    if let Err(why) = contracts::validate::check_workdir(&src.to_string_lossy()) {
+        return Err(WorkspaceError::Refused {
+            path: source.to_path_buf(),
+            why,
+        });
+    }
     let parent = match work_dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => {
@@ -198,7 +262,7 @@ fn prepare_with_git(
     durable::create_dir_all(parent)?;
     let staging = staging_path(parent, work_dir);
 
-    let built = build(&src, source, &staging, work_dir, exclude, git);
+    let built = build(&src, source, &staging, work_dir, exclude, git, limits);
     let (method, skipped) = match built {
         Ok(v) => v,
         Err(e) => {
@@ -230,6 +294,7 @@ fn build(
     work_dir: &Path,
     exclude: &[PathBuf],
     git: &OsStr,
+    limits: Limits,
 ) -> Result<(PrepareMethod, Vec<Skipped>), WorkspaceError> {
     let git_source = std::fs::symlink_metadata(src.join(".git")).is_ok();
     let mut method = PrepareMethod::Copy;
@@ -244,7 +309,10 @@ fn build(
             staging.as_os_str(),
         ];
         match run_program(git, &args, None) {
-            Ok(_) => return Ok((PrepareMethod::GitClone, Vec::new())),
+            Ok(_) => {
+                measure(staging, given_src, limits)?;
+                return Ok((PrepareMethod::GitClone, Vec::new()));
+            }
             Err(ExecError::NotFound { .. }) => {
                 tracing::warn!(source = %src.display(), "git is not installed; copying the git source instead of cloning it");
                 method = PrepareMethod::CopyGitMissing;
@@ -257,7 +325,8 @@ fn build(
             }
         }
     }
-    let root_mode = std::fs::metadata(src).map_err(io_err("stat", src))?.mode();
+    let root_meta = std::fs::metadata(src).map_err(io_err("stat", src))?;
+    let root_mode = root_meta.mode();
     std::fs::DirBuilder::new()
         .mode(root_mode & 0o777 | 0o700)
         .create(staging)
@@ -276,8 +345,10 @@ fn build(
     let roots = Roots {
         canonical: src,
         given: given_src,
+        dev: root_meta.dev(),
     };
-    copy_tree(&roots, staging, &excluded, &mut skipped)?;
+    let mut budget = Budget::new(limits, given_src);
+    copy_tree(&roots, staging, &excluded, &mut skipped, &mut budget)?;
     Ok((method, skipped))
 }
 
@@ -300,6 +371,72 @@ fn staging_path(parent: &Path, work_dir: &Path) -> PathBuf {
 struct Roots<'a> {
     canonical: &'a Path,
     given: &'a Path,
+    /// The source root's filesystem: the copy never leaves it.
+    dev: u64,
+}
+
+/// What a copy has used of its [`Limits`].
+struct Budget<'a> {
+    limits: Limits,
+    source: &'a Path,
+    bytes: u64,
+    files: u64,
+}
+
+impl<'a> Budget<'a> {
+    fn new(limits: Limits, source: &'a Path) -> Self {
+        Self {
+            limits,
+            source,
+            bytes: 0,
+            files: 0,
+        }
+    }
+
+    /// Accounts for one more entry of `size` bytes, or fails naming the cap.
+    fn take(&mut self, size: u64) -> Result<(), WorkspaceError> {
+        self.files += 1;
+        self.bytes = self.bytes.saturating_add(size);
+        if self.files > self.limits.max_files {
+            return Err(WorkspaceError::TooLarge {
+                path: self.source.to_path_buf(),
+                var: "WORKSPACE_MAX_FILES",
+                limit: self.limits.max_files,
+                unit: "files",
+            });
+        }
+        if self.bytes > self.limits.max_bytes {
+            return Err(WorkspaceError::TooLarge {
+                path: self.source.to_path_buf(),
+                var: "WORKSPACE_MAX_BYTES",
+                limit: self.limits.max_bytes,
+                unit: "bytes",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Checks a finished clone against the caps (without following links).
+fn measure(dir: &Path, source: &Path, limits: Limits) -> Result<(), WorkspaceError> {
+    let mut budget = Budget::new(limits, source);
+    for entry in walkdir::WalkDir::new(dir).min_depth(1).follow_links(false) {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(dir).to_path_buf();
+            WorkspaceError::Io {
+                op: "walk",
+                path,
+                source: e.into(),
+            }
+        })?;
+        let size = if entry.file_type().is_file() {
+            entry.metadata().map(|m| m.len()).unwrap_or(0)
+        } else {
+            0
+        };
+        budget.take(size)?;
+    }
+    Ok(())
 }
 
 impl Roots<'_> {
@@ -320,6 +457,7 @@ fn copy_tree(
     dst: &Path,
     excluded: &HashSet<(u64, u64)>,
     skipped: &mut Vec<Skipped>,
+    budget: &mut Budget<'_>,
 ) -> Result<(), WorkspaceError> {
     let mut dirs: Vec<PathBuf> = vec![PathBuf::new()];
     while let Some(rel_dir) = dirs.pop() {
@@ -355,12 +493,21 @@ fn copy_tree(
                     });
                     continue;
                 }
+                if meta.dev() != roots.dev {
+                    skipped.push(Skipped {
+                        path: rel,
+                        reason: SkipReason::OtherFilesystem,
+                    });
+                    continue;
+                }
+                budget.take(0)?;
                 std::fs::DirBuilder::new()
                     .mode(meta.mode() & 0o777 | 0o700)
                     .create(&to)
                     .map_err(io_err("mkdir", &to))?;
                 dirs.push(rel);
             } else if ft.is_file() {
+                budget.take(meta.len())?;
                 match copy_file(&from, &to, meta.permissions().mode() & 0o777 | 0o600) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
@@ -378,6 +525,7 @@ fn copy_tree(
                 let parent: Vec<OsString> = rel_dir.iter().map(OsStr::to_os_string).collect();
                 match judge_link(roots, &parent, &target) {
                     LinkVerdict::Keep(new_target) => {
+                        budget.take(0)?;
                         std::os::unix::fs::symlink(&new_target, &to)
                             .map_err(io_err("symlink", &to))?;
                     }
@@ -551,8 +699,14 @@ mod tests {
         std::fs::write(src.join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
         std::fs::write(src.join("a.txt"), "a").unwrap();
         let work = tmp.path().join("ws/job/work");
-        let out =
-            prepare_with_git(Some(&src), &work, &[], OsStr::new("/nonexistent/orch-git")).unwrap();
+        let out = prepare_with_git(
+            Some(&src),
+            &work,
+            &[],
+            OsStr::new("/nonexistent/orch-git"),
+            Limits::default(),
+        )
+        .unwrap();
         assert_eq!(out.method, PrepareMethod::CopyGitMissing);
         assert_eq!(std::fs::read_to_string(work.join("a.txt")).unwrap(), "a");
         assert!(work.join(".git/HEAD").is_file());
@@ -567,6 +721,7 @@ mod tests {
         let roots = Roots {
             canonical: &root,
             given: &root,
+            dev: 0,
         };
         // Lexically inside, really outside.
         assert_eq!(

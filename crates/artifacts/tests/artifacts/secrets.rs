@@ -383,3 +383,112 @@ fn artifacts_are_redacted_in_place_with_locations_only() {
     let json = serde_json::to_string(&found).unwrap();
     assert!(!json.contains(token.as_str()));
 }
+
+/// Every file the store publishes is redacted, job-level documents
+/// included: a job whose goal, metadata (as values, as keys, and as
+/// `name: value` pairs the generic rule needs both halves of) and context
+/// carry a token of every rule family leaves none of them, nor a
+/// 12-character prefix of one, anywhere in its directory — and every JSON
+/// document stays valid. `SENSITIVE_ENV_VARS` values are redacted too.
+#[test]
+fn every_file_the_store_publishes_is_redacted() {
+    use crate::support::{job_fixture, state_fixture, step_result};
+    let families = synthetic(0x5EED);
+    let env_value = "env-only-value-Zq81xYw3";
+    let goal = families
+        .iter()
+        .map(|(_, text, _)| text.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\nand "
+        + env_value;
+    let mut job = job_fixture("job-secrets-01");
+    job.goal = goal.clone();
+    for (i, (rule, text, token)) in families.iter().enumerate() {
+        job.metadata
+            .insert(format!("{rule}-{i}"), serde_json::json!(text));
+        // As a key, a token is only recognisable by its own shape (a bare
+        // 40-character AWS secret needs its name beside it, in a key as in
+        // text).
+        if !secrets::scan(token).is_empty() {
+            job.metadata
+                .insert(format!("k{i}-{token}"), serde_json::json!(i));
+        }
+    }
+    // The generic rule only fires with the name beside the value.
+    let pw = "Xr7pQ2mZk9LwT4vB8nC3";
+    job.metadata
+        .insert("db_password".into(), serde_json::json!(pw));
+    job.context_window[0].content = goal.clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = artifacts::ArtifactStore::new(tmp.path())
+        .with_sensitive_env(vec![("DEPLOY_TOKEN".into(), env_value.into())]);
+    let arts = store.job(&job.job_id);
+    let mut state = state_fixture(&job);
+    arts.init(&job, &state).unwrap();
+    state.steps.get_mut("01_plan").unwrap().summary = goal.clone();
+    arts.write_state(&state).unwrap();
+    let step = &job.steps[0];
+    arts.begin_step(step, 1).unwrap();
+    let mut result = step_result(&job, 0, contracts::Status::Success);
+    result.summary = goal.clone();
+    arts.publish_step(
+        &step.step_id,
+        &artifacts::StepOutput {
+            report_md: goal.clone(),
+            patch_diff: String::new(),
+            logs_txt: goal.clone(),
+            result,
+            raw_stdout: Some(goal.clone().into_bytes()),
+            raw_stderr: None,
+        },
+    )
+    .unwrap();
+    let mut job_result = artifacts::running_job_result(&job.job_id);
+    job_result.status = contracts::Status::Success;
+    job_result.summary = goal.clone();
+    job_result.steps = Some(vec![arts.read_step_result(&step.step_id).unwrap().unwrap()]);
+    arts.finish_job(&job, &job_result).unwrap();
+
+    let mut needles: Vec<String> = families.iter().map(|(_, _, t)| t.clone()).collect();
+    needles.push(pw.to_owned());
+    needles.push(env_value.to_owned());
+    let prefixes: Vec<String> = needles
+        .iter()
+        .map(|n| n.chars().take(12).collect())
+        .collect();
+    needles.extend(prefixes);
+    let mut files = 0;
+    for entry in walkdir::WalkDir::new(arts.dir()) {
+        let entry = entry.unwrap();
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        files += 1;
+        let text = String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap()).into_owned();
+        for n in &needles {
+            assert!(
+                !text.contains(n.as_str()),
+                "{} holds {n:?}",
+                entry.path().display()
+            );
+        }
+        if entry.path().extension().is_some_and(|e| e == "json") {
+            serde_json::from_str::<serde_json::Value>(&text)
+                .unwrap_or_else(|e| panic!("{}: {e}", entry.path().display()));
+        }
+    }
+    assert!(files >= 12, "{files} files");
+    let stored = arts.read_job().unwrap().unwrap();
+    assert!(
+        stored.goal.contains("[REDACTED:env:DEPLOY_TOKEN]"),
+        "{}",
+        stored.goal
+    );
+    assert!(
+        stored.metadata["db_password"]
+            .as_str()
+            .unwrap()
+            .contains("[REDACTED:generic-secret]")
+    );
+}

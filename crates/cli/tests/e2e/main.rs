@@ -4,10 +4,12 @@
 // the executor ban is for production code.
 #![allow(clippy::disallowed_methods)]
 
+mod edges;
 mod faults;
 mod notify;
 mod pipeline;
 mod real;
+mod recipe;
 mod support;
 mod tidy;
 

@@ -202,3 +202,32 @@ pub fn assert_valid(schema: &jsonschema::Validator, doc: &serde_json::Value, wha
         "{what} does not validate: {errs:#?}\n{doc:#}"
     );
 }
+
+/// The variable that turns every skip into a failure (`.ci/run` sets it:
+/// on CI, a test that cannot run is a broken CI machine, not a pass).
+pub const STRICT_VAR: &str = "ORCH_TEST_STRICT";
+
+/// Whether the test may run: `true` when `available`; otherwise it reports
+/// the skip — a failure when `ORCH_TEST_STRICT=1` (CI), else a `SKIPPED`
+/// line on stderr — and returns `false`, so the test returns at once.
+/// (libtest cannot mark a running test as ignored.)
+pub fn runnable(available: bool, missing: &str) -> bool {
+    if available {
+        return true;
+    }
+    if std::env::var(STRICT_VAR).is_ok_and(|v| v == "1") {
+        panic!("this test cannot run: {missing} (and {STRICT_VAR}=1 makes every skip a failure)");
+    }
+    eprintln!("SKIPPED: {missing} (set {STRICT_VAR}=1 to make this a failure)");
+    false
+}
+
+/// True when bubblewrap can create its namespaces here.
+pub fn bwrap_works() -> bool {
+    Command::new("bwrap")
+        .args(["--ro-bind", "/", "/", "--unshare-all", "--", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}

@@ -204,7 +204,12 @@ fn a_complete_job_is_taken_as_is() {
     let reference = validate_job(&valid_job(), contracts::BUILTIN_AGENTS).expect("valid");
     assert_eq!(job.job_id, reference.job_id);
     assert_eq!(job.created_at, reference.created_at);
-    assert_eq!(job.steps, reference.steps);
+    // Taken as is, except that every step now says its access explicitly.
+    let mut explicit = reference.steps.clone();
+    for step in &mut explicit {
+        step.access = Some(step.access());
+    }
+    assert_eq!(job.steps, explicit);
     assert_eq!(job.policy, reference.policy);
     assert_eq!(job.callback_url, reference.callback_url);
     assert_eq!(job.context_window, reference.context_window);
@@ -467,5 +472,50 @@ fn normalised_jobs_round_trip_through_validation_and_the_schema() {
                 assert_eq!(twice, job);
             }
         }
+    }
+}
+
+/// Every normalised step carries `access`: the explicit value when given,
+/// else its role's from the exact table, and read for any other role (a
+/// misspelt reviewer never gets write access). Other values are refused.
+#[test]
+fn every_step_gets_an_explicit_access() {
+    use contracts::Access;
+    let step = |id: &str, role: &str, access: Option<&str>| {
+        let mut s = json!({ "step_id": id, "agent": "codex", "role": role, "prompt": "p" });
+        if let Some(a) = access {
+            s["access"] = json!(a);
+        }
+        s
+    };
+    let payload = json!({ "goal": "g", "steps": [
+        step("a", "implementer", None),
+        step("b", "reviwer", None),
+        step("c", "Implementer ", None),
+        step("d", "reviewer", Some("write")),
+        step("e", "implementer", Some("read")),
+        step("f", "senior implementer", None),
+    ]});
+    let job = normalize(payload, &manual(), &opts()).expect("valid");
+    let got: Vec<Option<Access>> = job.steps.iter().map(|s| s.access).collect();
+    use Access::{Read, Write};
+    assert_eq!(
+        got,
+        [
+            Some(Write),
+            Some(Read),
+            Some(Write),
+            Some(Write),
+            Some(Read),
+            Some(Read)
+        ]
+    );
+    let doc = serde_json::to_value(&job).unwrap();
+    assert_eq!(doc["steps"][1]["access"], "read");
+    for bad in [json!("admin"), json!(true), json!("READ")] {
+        let mut s = step("a", "implementer", None);
+        s["access"] = bad.clone();
+        let err = normalize(json!({ "goal": "g", "steps": [s] }), &manual(), &opts()).unwrap_err();
+        assert_eq!(pointers(&err), ["/steps/0/access"], "{bad}");
     }
 }

@@ -1,7 +1,7 @@
 //! Per-step diffs: exact git-style output for each kind of change, only the
 //! step's own changes, and a round trip through the real `git apply`.
 
-use crate::support::{git, has_git, put};
+use crate::support::{git, has_git, put, runnable};
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 use workers::{Snapshot, change_status, diff};
@@ -177,7 +177,7 @@ fn large_and_non_utf8_files_are_binary() {
 
 #[test]
 fn git_apply_reproduces_the_step() {
-    if !has_git() {
+    if !runnable(has_git(), "git is not installed") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -467,14 +467,14 @@ async fn two_jobs_have_separate_state_dirs() {
 
 // ---- sandbox --------------------------------------------------------------
 
+/// Whether bubblewrap works here; if not, the test skips or (with
+/// `ORCH_TEST_STRICT=1`) fails (`support::runnable`).
 fn sandbox_works() -> bool {
-    match workers::sandbox::available() {
-        Ok(()) => true,
-        Err(e) => {
-            eprintln!("bubblewrap unusable here, skipping sandbox test: {e}");
-            false
-        }
-    }
+    let why = workers::sandbox::available().err().map(|e| e.to_string());
+    crate::support::runnable(
+        why.is_none(),
+        &format!("bubblewrap is unusable here: {}", why.unwrap_or_default()),
+    )
 }
 
 #[tokio::test]
@@ -561,10 +561,11 @@ async fn sandbox_probes_fail_and_network_follows_policy() {
 /// `ORCH_TEST_SANDBOX_PARENT` is set (only in the re-executed test binary),
 /// start a sandboxed `sleep <token>` and wait forever.
 #[tokio::test]
+#[ignore = "helper: run in a child process by sandboxed_agent_dies_with_its_runner"]
 async fn sandbox_parent_helper() {
-    let Ok(token) = std::env::var("ORCH_TEST_SANDBOX_PARENT") else {
-        return;
-    };
+    let token = std::env::var("ORCH_TEST_SANDBOX_PARENT").expect(
+        "run only by sandboxed_agent_dies_with_its_runner, which sets ORCH_TEST_SANDBOX_PARENT",
+    );
     let path = "/usr/local/bin:/usr/bin:/bin";
     let sb = workers::sandbox::Sandbox::builtin(path).expect("bwrap");
     let sleep = exec::find_on_path("sleep", path).expect("sleep");
@@ -576,6 +577,40 @@ async fn sandbox_parent_helper() {
     let _ = running.wait(CancellationToken::new()).await;
 }
 
+/// A sandbox bubblewrap cannot set up fails the step at once with bwrap's
+/// reason, instead of being retried as a crash. The trigger is the one a
+/// relative WORKSPACES_ROOT once caused: a relative workdir exists from
+/// the runner's directory, but bwrap, started in the workdir, resolves its
+/// bind source from there and finds nothing.
+#[tokio::test]
+async fn a_sandbox_set_up_failure_is_fatal_with_its_reason() {
+    if !sandbox_works() {
+        return;
+    }
+    let env = Env::new();
+    let cfg = env.config(&[("SANDBOX", "1"), ("AGENTS_CONFIG", &env.fakes_config())]);
+    let cwd = std::env::current_dir().expect("cwd");
+    let here = tempfile::TempDir::new_in(&cwd).expect("temp dir in the test's cwd");
+    std::fs::create_dir_all(here.path().join("work")).expect("work");
+    let rel = here
+        .path()
+        .strip_prefix(&cwd)
+        .expect("inside cwd")
+        .join("work");
+    let mut req = env.request("claude", "reviewer", "review", true);
+    req.workdir = rel.clone();
+    let o = run(&cfg, &req).await;
+    assert_eq!(o.status, Status::Failed, "{}", o.logs);
+    let e = o.error.expect("error");
+    assert_eq!(e.code, "sandbox_setup", "{}", e.message);
+    assert!(e.message.contains("bwrap: "), "{}", e.message);
+    assert!(
+        e.message.contains(&rel.display().to_string()),
+        "{}",
+        e.message
+    );
+}
+
 #[tokio::test]
 async fn sandboxed_agent_dies_with_its_runner() {
     if !sandbox_works() {
@@ -585,6 +620,7 @@ async fn sandboxed_agent_dies_with_its_runner() {
     let me = std::env::current_exe().expect("test binary");
     let mut spec = ExecSpec::new(&me, std::env::temp_dir())
         .arg("--exact")
+        .arg("--ignored")
         .arg("real::sandbox_parent_helper")
         .arg("--nocapture");
     spec.env = vec![

@@ -1,5 +1,7 @@
-//! Shared helpers: step requests, small tree builders, and `git` for the
-//! tests that need it (skipped, with a note, when git is not installed).
+//! Shared helpers: step requests, small tree builders, `git` for the tests
+//! that need it, and [`runnable`], which decides whether a test whose
+//! prerequisite (git, bubblewrap) is missing skips with a note or fails
+//! (`ORCH_TEST_STRICT=1`, as on CI).
 
 use contracts::{JobId, Step};
 use std::ffi::OsStr;
@@ -34,12 +36,34 @@ pub fn put(root: &Path, rel: &str, content: &str) -> PathBuf {
     p
 }
 
-pub fn has_git() -> bool {
-    let ok = workers::exec::run_git(&[OsStr::new("--version")], None).is_ok();
-    if !ok {
-        eprintln!("git not installed: skipping the git part of this test");
+/// The variable that turns every skip into a failure (`.ci/run` sets it:
+/// on CI, a test that cannot run is a broken CI machine, not a pass).
+pub const STRICT_VAR: &str = "ORCH_TEST_STRICT";
+
+/// Whether the test may run: `true` when `available`; otherwise it reports
+/// the skip — a failure when `ORCH_TEST_STRICT=1` (CI), else a `SKIPPED`
+/// line on stderr — and returns `false`, so the test returns at once:
+///
+/// ```ignore
+/// if !runnable(has_git(), "git is not installed") { return; }
+/// ```
+///
+/// (libtest cannot mark a running test as ignored; tests that can never
+/// run in some configuration are `#[ignore = "reason"]` instead.)
+pub fn runnable(available: bool, missing: &str) -> bool {
+    if available {
+        return true;
     }
-    ok
+    if std::env::var(STRICT_VAR).is_ok_and(|v| v == "1") {
+        panic!("this test cannot run: {missing} (and {STRICT_VAR}=1 makes every skip a failure)");
+    }
+    eprintln!("SKIPPED: {missing} (set {STRICT_VAR}=1 to make this a failure)");
+    false
+}
+
+/// True when `git` can be run.
+pub fn has_git() -> bool {
+    workers::exec::run_git(&[OsStr::new("--version")], None).is_ok()
 }
 
 /// Runs git in `dir` with a fixed identity; panics on failure.

@@ -1,7 +1,7 @@
 //! Workspace preparation: empty, reused, copied (with hostile trees) and
 //! cloned work dirs.
 
-use crate::support::{git, has_git, put};
+use crate::support::{git, has_git, put, runnable};
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use workers::workspace::{is_git_workspace, prepare};
@@ -200,7 +200,7 @@ fn refuses_symlinked_work_dirs_and_missing_sources() {
 
 #[test]
 fn a_git_source_is_cloned_at_head() {
-    if !has_git() {
+    if !runnable(has_git(), "git is not installed") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -227,4 +227,133 @@ fn a_git_source_is_cloned_at_head() {
     let again = prepare(Some(&src), &work, &[]).unwrap();
     assert_eq!(again.method, PrepareMethod::Reused);
     assert!(work.join("step1.txt").is_file());
+}
+
+// ---- limits, system directories, filesystem boundary -----------------------
+
+/// Past `WORKSPACE_MAX_FILES` or `WORKSPACE_MAX_BYTES` the copy fails with
+/// an error naming the variable, and leaves neither a work dir nor a
+/// staging directory behind.
+#[test]
+fn a_copy_over_its_caps_fails_naming_the_cap_and_leaves_nothing() {
+    use workers::{WorkspaceLimits, prepare_with_limits};
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    for i in 0..10 {
+        put(&src, &format!("d/f{i}.txt"), "0123456789");
+    }
+    let ws = tmp.path().join("ws");
+    let cases = [
+        (
+            WorkspaceLimits {
+                max_bytes: 1 << 20,
+                max_files: 5,
+            },
+            "WORKSPACE_MAX_FILES=5",
+        ),
+        (
+            WorkspaceLimits {
+                max_bytes: 50,
+                max_files: 1000,
+            },
+            "WORKSPACE_MAX_BYTES=50",
+        ),
+    ];
+    for (limits, named) in cases {
+        let work = ws.join("job/work");
+        let err = prepare_with_limits(Some(&src), &work, &[], limits).unwrap_err();
+        assert!(matches!(err, WorkspaceError::TooLarge { .. }), "{err}");
+        assert!(err.to_string().contains(named), "{err}");
+        assert!(!work.exists());
+        let left: Vec<_> = std::fs::read_dir(ws.join("job")).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+    // Within the caps (11 entries, 100 bytes) it copies.
+    let limits = WorkspaceLimits {
+        max_bytes: 100,
+        max_files: 11,
+    };
+    let out = prepare_with_limits(Some(&src), &ws.join("job/work"), &[], limits).unwrap();
+    assert_eq!(out.method, PrepareMethod::Copy);
+}
+
+/// `/` and system directories are never copied, however they are named.
+#[test]
+fn system_directories_are_never_a_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let link = tmp.path().join("innocent");
+    symlink("/etc", &link).unwrap();
+    for src in [
+        Path::new("/"),
+        Path::new("/etc"),
+        Path::new("/usr/share"),
+        &link,
+    ] {
+        let work = tmp.path().join("w/work");
+        let err = prepare(Some(src), &work, &[]).unwrap_err();
+        assert!(
+            matches!(err, WorkspaceError::Refused { .. }),
+            "{}: {err}",
+            src.display()
+        );
+        assert!(!work.exists());
+    }
+}
+
+/// The child side of `a_copy_never_crosses_into_another_filesystem`: runs
+/// inside a private mount namespace where `src/mnt` is a tmpfs.
+#[test]
+#[ignore = "helper: run in a mount namespace by a_copy_never_crosses_into_another_filesystem"]
+fn fs_boundary_helper() {
+    let src = PathBuf::from(std::env::var("ORCH_TEST_FS_SRC").expect("run by the parent test"));
+    let work = PathBuf::from(std::env::var("ORCH_TEST_FS_WORK").expect("run by the parent test"));
+    assert!(src.join("mnt/other.txt").is_file(), "the tmpfs is mounted");
+    let out = prepare(Some(&src), &work, &[]).unwrap();
+    assert_eq!(
+        skipped_reason(&out, "mnt"),
+        Some(&SkipReason::OtherFilesystem)
+    );
+    assert!(work.join("a.txt").is_file());
+    assert!(!work.join("mnt").exists());
+}
+
+/// A mount point inside the source (another filesystem) is skipped and
+/// reported, never copied.
+#[test]
+// The test harness starts `unshare` itself: it is not an agent.
+#[allow(clippy::disallowed_methods)]
+fn a_copy_never_crosses_into_another_filesystem() {
+    let unshare_works = std::process::Command::new("unshare")
+        .args(["-rm", "true"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !runnable(
+        unshare_works,
+        "`unshare -rm` (user and mount namespaces) is unavailable",
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    put(&src, "a.txt", "a");
+    std::fs::create_dir_all(src.join("mnt")).unwrap();
+    let me = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("unshare")
+        .args(["-rm", "sh", "-c"])
+        .arg(
+            "mount -t tmpfs tmpfs \"$ORCH_TEST_FS_SRC/mnt\" && echo x > \"$ORCH_TEST_FS_SRC/mnt/other.txt\" \
+             && exec \"$0\" --exact --ignored workspace::fs_boundary_helper --nocapture",
+        )
+        .arg(&me)
+        .env("ORCH_TEST_FS_SRC", &src)
+        .env("ORCH_TEST_FS_WORK", tmp.path().join("w/work"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
