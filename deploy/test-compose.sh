@@ -16,7 +16,8 @@
 #  6. puts the host's nginx with deploy/nginx/orch.conf in front (TLS with a
 #     throw-away certificate) and checks health, intake, X-Forwarded-For
 #     handling, the body limit, the /metrics restriction and the redirect;
-#  7. tears everything down, volume included.
+#  7. checks that bubblewrap works in a runner container with
+#     docker-compose.sandbox.yml, and tears everything down, volume included.
 #
 # Every wait has a deadline; the whole run is bounded by COMPOSE_TEST_TIMEOUT
 # seconds (default 900, image build included). On failure the logs of every
@@ -304,6 +305,13 @@ EOF
 else
   say "SKIPPED the nginx part: nginx is not installed"
 fi
+
+# The sandbox overlay lets bubblewrap build its namespaces in a runner
+# container (the default profile does not).
+sandbox_probe=(--rm --no-deps --entrypoint bwrap runner-1 --unshare-all --ro-bind / / --proc /proc --dev /dev true)
+"${COMPOSE[@]}" -f docker-compose.yml -f docker-compose.sandbox.yml run "${sandbox_probe[@]}" >"$tmp/bwrap.log" 2>&1 ||
+  fail "bubblewrap fails in a runner container with docker-compose.sandbox.yml: $(cat "$tmp/bwrap.log")"
+say "bubblewrap runs in a runner container with the sandbox overlay"
 
 # 7. Down, volume included.
 "${COMPOSE[@]}" down --volumes --timeout 20 >/dev/null 2>&1
