@@ -8,6 +8,7 @@
 # Settings: deploy/orch.env, created from orch.env.example with a fresh token
 # on the first `up`.
 set -euo pipefail
+self=$(basename "$0")
 cd "$(dirname "$0")"
 . docker/common.sh
 # The stack is "orch" wherever this checkout lives.
@@ -17,7 +18,7 @@ case "$cmd" in
   image) exec docker/build-images.sh ;;
   test) exec ./test-compose.sh ;;
   up | down | purge) ;;
-  *) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) sed -n '2,9p' "$self" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac
 find_compose
 if [ "$cmd" = up ]; then
