@@ -30,3 +30,20 @@ bench:
 # Removes the trees the benchmarks leave under target/bench-tmp.
 bench-clean:
     rm -rf target/bench-tmp
+
+# Container images (orch, orch-gateway, orch-scheduler, orch-runner): static
+# binaries and a cached Debian root filesystem; nothing is pulled.
+image:
+    deploy/stack.sh image
+
+# Start the compose stack (gateway, two runners, scheduler) and wait for health.
+compose-up:
+    deploy/stack.sh up
+
+# The compose test: builds the images, kills a runner container mid-job, restarts the gateway, nginx in front.
+compose-test:
+    deploy/stack.sh test
+
+# Stop the compose stack (the data volume stays).
+compose-down:
+    deploy/stack.sh down

@@ -8,6 +8,7 @@
 
 mod dev;
 mod doctor;
+mod health;
 mod ops;
 mod status;
 mod submit;
@@ -107,6 +108,29 @@ pub enum Cmd {
     Doctor {
         #[arg(long)]
         json: bool,
+    },
+    /// Check a gateway (`--url`) or a runner (`--runner`); exit 0 when healthy
+    ///
+    /// Built for container health checks: no curl needed. `--url` sends one
+    /// GET to a gateway's /health (plain http; the path defaults to /health)
+    /// and wants 200 with "status": "ok". `--runner ID` wants the runner's
+    /// heartbeat under QUEUE_ROOT/runners/ younger than its lease. Prints the
+    /// health or heartbeat document; exit 1 when unhealthy or unreachable.
+    Health {
+        /// Gateway URL, e.g. http://127.0.0.1:8080/health
+        #[arg(
+            long,
+            value_name = "URL",
+            default_value = "http://127.0.0.1:8080/health",
+            conflicts_with = "runner"
+        )]
+        url: String,
+        /// Check this runner's heartbeat instead of a gateway
+        #[arg(long, value_name = "ID")]
+        runner: Option<String>,
+        /// Give up after this many seconds (resolving, connecting, reading)
+        #[arg(long, value_name = "SEC", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+        timeout: u64,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     ///
@@ -261,6 +285,14 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
         Cmd::Recover { json } => ops::recover(&Ctx::load()?, json),
         Cmd::Doctor { json } => doctor::doctor(&json),
         Cmd::Dev { bind } => dev::dev(bind.as_deref()),
+        Cmd::Health {
+            url,
+            runner: None,
+            timeout,
+        } => health::check_url(&url, std::time::Duration::from_secs(timeout)),
+        Cmd::Health {
+            runner: Some(id), ..
+        } => health::check_runner(&Ctx::load()?.paths.queue_root, &id),
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "orch", &mut std::io::stdout());

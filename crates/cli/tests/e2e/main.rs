@@ -6,6 +6,7 @@
 
 mod edges;
 mod faults;
+mod health;
 mod notify;
 mod pipeline;
 mod real;
