@@ -8,11 +8,13 @@
 //! format change and must stay loadable by older documents.
 
 pub mod config;
+pub mod cron;
 pub mod env;
 pub mod ids;
 pub mod job;
 pub mod normalize;
 pub mod result;
+pub mod schedule;
 pub mod schema;
 pub mod state;
 pub mod validate;
