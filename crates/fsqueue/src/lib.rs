@@ -11,6 +11,7 @@
 //! ids/        one empty file per job id ever enqueued: exactly-once ids
 //! runners/    `<id>.lock` (flock held by a live runner), `<id>.json` heartbeat
 //! control/    operator requests to runners (`<job_id>.cancel`)
+//! schedules/  the schedulers' per-schedule state (`<schedule_id>.json`)
 //! ```
 
 pub mod claim;
