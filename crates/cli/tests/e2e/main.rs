@@ -7,6 +7,7 @@
 mod notify;
 mod pipeline;
 mod real;
+mod schedules;
 mod support;
 mod tidy;
 
