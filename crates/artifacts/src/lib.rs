@@ -31,6 +31,7 @@ mod error;
 pub mod layout;
 mod nofollow;
 mod results;
+pub mod schedules;
 pub mod secrets;
 mod store;
 mod terminal;

@@ -10,6 +10,7 @@ mod dev;
 mod doctor;
 mod health;
 mod ops;
+mod schedules;
 mod status;
 mod submit;
 mod text;
@@ -99,6 +100,12 @@ pub enum Cmd {
     Retry(JobArg),
     /// Force a running job to failed and stop its agent (stuck jobs)
     Unlock(JobArg),
+    /// List the cron schedules: next fire times, last job, problems
+    ///
+    /// Reads every *.json in SCHEDULES_DIR as the scheduler does. Broken
+    /// files are listed with every problem (the scheduler skips them);
+    /// `orch schedules validate FILE` checks one file (exit 2 if invalid).
+    Schedules(SchedulesArgs),
     /// Reap expired leases, quarantine corrupt queue files and clear what dead processes left, now
     Recover {
         #[arg(long)]
@@ -146,6 +153,28 @@ pub enum Cmd {
         /// Address for the gateway [default: GATEWAY_BIND, else 127.0.0.1:8080]
         #[arg(long)]
         bind: Option<String>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SchedulesArgs {
+    #[command(subcommand)]
+    pub cmd: Option<SchedulesCmd>,
+    /// Print {"dir", "dir_error", "schedules": [...]} as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// How many next fire times to compute per schedule
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub next: u16,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SchedulesCmd {
+    /// Check a schedule file; exit 2 listing every problem
+    Validate {
+        file: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -282,6 +311,12 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
         Cmd::Cancel(j) => ops::act(&Ctx::load()?, j.get(), artifacts::control::Action::Cancel),
         Cmd::Retry(j) => ops::act(&Ctx::load()?, j.get(), artifacts::control::Action::Retry),
         Cmd::Unlock(j) => ops::act(&Ctx::load()?, j.get(), artifacts::control::Action::Unlock),
+        Cmd::Schedules(a) => match a.cmd {
+            None => schedules::list(&Ctx::load()?, a.json, a.next as usize),
+            Some(SchedulesCmd::Validate { file, json }) => {
+                schedules::validate(&Ctx::load()?, &file, json || a.json)
+            }
+        },
         Cmd::Recover { json } => ops::recover(&Ctx::load()?, json),
         Cmd::Doctor { json } => doctor::doctor(&json),
         Cmd::Dev { bind } => dev::dev(bind.as_deref()),

@@ -53,7 +53,7 @@ env_vars! {
     WORKSPACE_MAX_BYTES = ("2147483648", "runner", "Cap on the bytes of regular files a job's workspace copy (or clone) of its `workdir` may hold; past it the job fails with an error naming this variable (2 GiB).");
     WORKSPACE_MAX_FILES = ("100000", "runner", "Cap on the entries (files, directories, links) of a job's workspace copy (or clone); past it the job fails with an error naming this variable.");
     STATE_DB_PATH = ("var/state.db", "runner, gateway, orch", "SQLite database of the budget ledger (WAL mode).");
-    SCHEDULES_DIR = ("schedules", "scheduler, orch", "Directory of schedule files (`*.json`); a bad file is reported and skipped.");
+    SCHEDULES_DIR = ("schedules", "scheduler, gateway, orch", "Directory of schedule files (`*.json`, format of `examples/schedules/nightly.json`), reread on change; a bad file is reported (log, metric, `orch schedules`) and skipped while the others keep firing.");
     PROMPTS_DIR = ("", "all", "Directory of operator-edited prompts: `01_plan.md`, `02_implement.md`, `03_review.md` replace the embedded default-pipeline templates (`{goal}` is substituted) and `roles/<role>.md` replaces the system prompt of a role; unset uses the embedded ones.");
     METRICS_DIR = ("var/metrics", "all", "Directory where processes without HTTP publish Prometheus text files, served by the gateway's `/metrics`.");
     FSYNC_MODE = ("syncfs", "all", "How durable writes reach the disk. `syncfs`: concurrent writes of a process share one `syncfs(2)` of the filesystem per barrier (group commit). `file`: one `fsync` per file and directory; choose it when the queue and artifacts share a filesystem with write-heavy work (better: put `WORKSPACES_ROOT` on another filesystem).");
@@ -111,6 +111,8 @@ env_vars! {
     RETENTION_INTERVAL_SEC = ("300", "scheduler", "Seconds between retention sweeps; 0 turns retention off.");
     ARTIFACTS_TTL_SEC = ("604800", "scheduler", "Age after which artifacts of terminal jobs are deleted (7 days).");
     WORKSPACES_TTL_SEC = ("172800", "scheduler", "Age after which workspaces of terminal jobs are deleted (2 days).");
+    // Schedules.
+    SCHEDULER_TEST_CLOCK = ("", "scheduler", "For tests only, never in production: `FAKE_START,REAL_START,SPEED` (two RFC 3339 instants and a speed from 1 to 3600) makes the scheduler's schedule clock read FAKE_START at the real instant REAL_START and run SPEED times as fast, so schedules can be tested without waiting for real minutes.");
     // Logging.
     NOTIFY_SOCKET = ("", "gateway, runner, scheduler", "Set by systemd for `Type=notify` units (never by hand): where the service reports `READY=1`, `STOPPING=1` and watchdog pings. Unset outside systemd.");
     WATCHDOG_USEC = ("", "gateway, runner, scheduler", "Set by systemd from `WatchdogSec=`: the service pings from its working loop (the runner from its lease heartbeat) at least twice per period.");

@@ -9,11 +9,13 @@
 
 pub mod access;
 pub mod config;
+pub mod cron;
 pub mod env;
 pub mod ids;
 pub mod job;
 pub mod normalize;
 pub mod result;
+pub mod schedule;
 pub mod schema;
 pub mod state;
 pub mod validate;

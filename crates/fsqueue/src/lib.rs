@@ -12,6 +12,7 @@
 //! runners/    `<id>.lock` (flock held by a live runner), `<id>.json` heartbeat
 //! control/    operator requests to the runner of one claim (`<job_id>~<attempt>.cancel`)
 //! outbox/     callback deliveries waiting to be sent (the runner's `outbox`)
+//! schedules/  the schedulers' per-schedule state (`<schedule_id>.json`)
 //! ```
 
 pub mod claim;

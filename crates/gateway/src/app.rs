@@ -9,7 +9,7 @@ use crate::dedup::Deliveries;
 use crate::http::{ApiError, Body};
 use crate::ratelimit::{Limiter, Verdict, client_key};
 use crate::status::StatusCache;
-use crate::{intake, jobs, status};
+use crate::{intake, jobs, schedules, status};
 use contracts::NormalizeOptions;
 use fsqueue::Queue;
 use hyper::body::Incoming;
@@ -56,6 +56,7 @@ fn route_of(path: &str) -> &'static str {
         "/jobs" => "jobs",
         "/health" => "health",
         "/metrics" => "metrics",
+        "/schedules" => "schedules",
         p if p.starts_with("/jobs/") => {
             if p.matches('/').count() >= 3 {
                 "job_action"
@@ -144,6 +145,11 @@ async fn dispatch(
             jobs::list(app, &p, req.uri().query().unwrap_or("")).await
         }
         "jobs" => Err(method_not_allowed("GET")),
+        "schedules" if m == Method::GET => {
+            let p = authorize(app, client, req.headers(), Scope::Read)?;
+            schedules::list(app, &p).await
+        }
+        "schedules" => Err(method_not_allowed("GET")),
         "job" | "job_action" => {
             // /jobs/{id} or /jobs/{id}/{action}: nothing else, no more segments.
             let rest = path.strip_prefix("/jobs/").unwrap_or("");

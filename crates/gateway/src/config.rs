@@ -61,6 +61,8 @@ pub struct Config {
     pub artifacts_root: PathBuf,
     pub metrics_dir: PathBuf,
     pub state_db_path: PathBuf,
+    /// `SCHEDULES_DIR`, shown read-only by `GET /schedules`.
+    pub schedules_dir: PathBuf,
     pub tokens: TokenSet,
     pub rate_window: Duration,
     pub rate_max: u64,
@@ -190,6 +192,7 @@ impl Config {
             artifacts_root: path_of(&args.artifacts_root, env, &ev::ARTIFACTS_ROOT)?,
             metrics_dir: path_of(&args.metrics_dir, env, &ev::METRICS_DIR)?,
             state_db_path: path_of(&None, env, &ev::STATE_DB_PATH)?,
+            schedules_dir: path_of(&None, env, &ev::SCHEDULES_DIR)?,
             tokens,
             rate_window: Duration::from_secs(env.get_u64_range(
                 &ev::WEBHOOK_RATE_LIMIT_WINDOW_SEC,

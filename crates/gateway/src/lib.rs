@@ -9,8 +9,8 @@
 //! Module map: `config` (flags + environment → [`Config`]), `server` (accept
 //! loop, connection limits, timeouts, graceful shutdown), `app` (router,
 //! metrics and audit per request), `intake` (the two intake routes),
-//! `dedup` (delivery records), `jobs` (job API), `status` (health and
-//! metrics), `auth`, `ratelimit`, `github`, `promtext`, `crypto`, `http`.
+//! `dedup` (delivery records), `jobs` (job API), `schedules` (read-only
+//! `GET /schedules`), `status` (health and metrics), `auth`, `ratelimit`, `github`, `promtext`, `crypto`, `http`.
 //! The API is documented in `docs/API.md` and `crates/gateway/openapi.json`.
 
 mod app;
@@ -25,6 +25,7 @@ mod intake;
 mod jobs;
 pub mod promtext;
 pub mod ratelimit;
+mod schedules;
 mod server;
 mod status;
 

@@ -1,11 +1,15 @@
-//! `orch-scheduler`: the housekeeping process. It reaps expired leases (so
-//! abandoned jobs come back even when every runner is down or busy) and
-//! applies retention (`retention`) and housekeeping (`housekeeping`: dead
-//! runners' files, stale operator requests, orphan temp files); cron
-//! schedules will build on the same loop.
+//! `orch-scheduler`: fires cron schedules (`schedules`: each slot's job
+//! enqueued exactly once, however many schedulers share the queue), reaps
+//! expired leases (so abandoned jobs come back even when every runner is
+//! down or busy), applies retention (`retention`) and housekeeping
+//! (`housekeeping`: dead runners' files, stale operator requests, orphan
+//! temp files). Its metrics go to `METRICS_DIR/scheduler-<host>-<pid>.prom`
+//! for the gateway's `/metrics`.
 
+pub mod clock;
 pub mod housekeeping;
 pub mod retention;
+pub mod schedules;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -24,6 +28,11 @@ pub struct Config {
     pub artifacts_ttl: Duration,
     pub workspaces_ttl: Duration,
     pub dedup_window: Duration,
+    pub schedules_dir: PathBuf,
+    /// How schedule payloads become jobs (as for `orch submit`).
+    pub normalize: contracts::NormalizeOptions,
+    /// `SCHEDULER_TEST_CLOCK`, else the system clock.
+    pub clock: clock::Clock,
 }
 
 impl Config {
@@ -35,7 +44,31 @@ impl Config {
             env.get_u64_range(v, min, max).map(Duration::from_secs)
         };
         let every = secs(&ev::RETENTION_INTERVAL_SEC, 0, 7 * 86_400)?;
+        let clock = match env.get_str(&ev::SCHEDULER_TEST_CLOCK)? {
+            None => clock::Clock::system(),
+            Some(v) => {
+                clock::Clock::parse(&v).map_err(|why| contracts::env::ConfigError::Invalid {
+                    var: ev::SCHEDULER_TEST_CLOCK.name,
+                    value: format!("{:?}", v.chars().take(80).collect::<String>()),
+                    expected: why,
+                })?
+            }
+        };
+        let normalize = contracts::NormalizeOptions {
+            default_artifact_handoff: contracts::config::artifact_handoff(env)?,
+            known_agents: contracts::config::known_agents(env)?,
+            project_ids: paths
+                .project_aliases
+                .iter()
+                .map(|(id, _)| id.clone())
+                .collect(),
+            extra_metadata: Default::default(),
+            prompts_dir: contracts::config::path_opt(env, &ev::PROMPTS_DIR)?,
+        };
         Ok(Self {
+            schedules_dir: paths.schedules_dir,
+            normalize,
+            clock,
             queue_root: paths.queue_root,
             artifacts_root: paths.artifacts_root,
             workspaces_root: paths.workspaces_root,
@@ -56,6 +89,15 @@ impl Config {
 
 /// Runs until `shutdown` resolves.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    tokio::pin!(shutdown);
+    // Polled once first so its signal handlers are in place before any
+    // work: a SIGTERM during start-up or the first schedule pass must stop
+    // the loop cleanly, not kill the process.
+    tokio::select! {
+        biased;
+        _ = &mut shutdown => return Ok(()),
+        _ = std::future::ready(()) => {}
+    }
     let queue = fsqueue::Queue::open(&cfg.queue_root).map_err(|e| e.to_string())?;
     let store = artifacts::ArtifactStore::new(&cfg.artifacts_root);
     let retention = retention::Retention {
@@ -72,17 +114,26 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         metrics_dir: cfg.metrics_dir.clone(),
         lease: cfg.lease,
     };
+    let engine = std::sync::Arc::new(std::sync::Mutex::new(schedules::Engine::new(
+        cfg.schedules_dir.clone(),
+        queue.clone(),
+        cfg.normalize.clone(),
+    )));
+    let changed = std::sync::Arc::new(tokio::sync::Notify::new());
+    let watch = schedules::spawn_watch(cfg.schedules_dir.clone(), changed.clone());
+    let metrics_file = metrics_file(&cfg.metrics_dir);
     let reaper = fsqueue::Reaper::new(queue, cfg.lease, cfg.max_reclaims);
     let every = (cfg.lease / 3).clamp(Duration::from_millis(500), Duration::from_secs(10));
     tracing::info!(
         reap_every_ms = every.as_millis() as u64,
         retention_every_sec = cfg.retention_every.map(|d| d.as_secs()),
+        schedules_dir = %cfg.schedules_dir.display(),
         "scheduler started"
     );
-    tokio::pin!(shutdown);
     // Ticks at least as often as systemd's watchdog wants a ping.
     let every = fsqueue::notify::watchdog_interval().map_or(every, |w| every.min(w));
-    let mut tick = tokio::time::interval(every);
+    let mut next_tick = tokio::time::Instant::now();
+    let mut rescan = true;
     let mut next_sweep = cfg.retention_every.map(|_| tokio::time::Instant::now());
     // Housekeeping keeps the retention cadence, and runs every five minutes
     // with retention off.
@@ -90,10 +141,42 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let mut next_tidy = tokio::time::Instant::now();
     fsqueue::notify::ready();
     loop {
+        // Schedules: rescan when the directory changed (and every tick),
+        // then fire what is due.
+        let now = cfg.clock.now();
+        let eng = engine.clone();
+        let due = tokio::task::spawn_blocking(move || {
+            let mut e = eng.lock().unwrap_or_else(|p| p.into_inner());
+            if rescan {
+                e.rescan(now);
+            }
+            e.fire_due(now);
+            e.next_due()
+        })
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "schedule pass failed");
+            None
+        });
+        rescan = false;
+        write_metrics(&metrics_file);
+        let until_tick = next_tick.saturating_duration_since(tokio::time::Instant::now());
+        let wait = due.map_or(until_tick, |t| cfg.clock.real_wait(t).min(until_tick));
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = changed.notified() => {
+                // Let an editor finish writing before reading.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                rescan = true;
+                continue;
+            }
         }
+        if tokio::time::Instant::now() < next_tick {
+            continue;
+        }
+        next_tick = tokio::time::Instant::now() + every;
+        rescan = true;
         fsqueue::notify::watchdog();
         if let (Some(at), Some(period)) = (next_sweep, cfg.retention_every)
             && tokio::time::Instant::now() >= at
@@ -136,6 +219,58 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             Err(e) => tracing::warn!(error = %e, "reap task failed"),
         }
     }
+    watch.abort();
+    if let Some(p) = &metrics_file {
+        let _ = fsqueue::durable::remove_file(p);
+    }
     tracing::info!("scheduler stopped");
     Ok(())
+}
+
+static METRICS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+    std::sync::OnceLock::new();
+
+/// Installs the process-wide metrics recorder (once).
+pub fn install_metrics() {
+    if METRICS.get().is_some() {
+        return;
+    }
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_ok() {
+        let _ = METRICS.set(handle);
+    }
+}
+
+/// `<metrics_dir>/scheduler-<host>-<pid>.prom` (two schedulers on one host
+/// must not overwrite each other's counters); removed on a clean stop.
+fn metrics_file(dir: &std::path::Path) -> Option<PathBuf> {
+    METRICS.get()?;
+    if let Err(e) = fsqueue::durable::create_dir_all(dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot create the metrics directory");
+        return None;
+    }
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "host".into());
+    let id = fsqueue::name::sanitize_runner_id(&format!("{host}-{}", std::process::id()));
+    Some(dir.join(format!("scheduler-{id}.prom")))
+}
+
+/// Publishes the recorder's current text (only when it changed).
+fn write_metrics(path: &Option<PathBuf>) {
+    static LAST: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+    let (Some(path), Some(h)) = (path, METRICS.get()) else {
+        return;
+    };
+    let text = h.render();
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    if *last == text {
+        return;
+    }
+    match fsqueue::durable::write_file(path, text.as_bytes()) {
+        Ok(()) => *last = text,
+        Err(e) => tracing::debug!(error = %e, "could not write the metrics file"),
+    }
 }

@@ -3,8 +3,10 @@
 use clap::Parser;
 use std::process::ExitCode;
 
-/// Fires cron schedules, reaps expired leases and applies retention.
-/// Configuration comes from the environment (docs/CONFIGURATION.md).
+/// Fires the cron schedules of SCHEDULES_DIR (each slot exactly once, also
+/// with several schedulers on one queue), reaps expired leases and applies
+/// retention. Configuration comes from the environment
+/// (docs/CONFIGURATION.md); `orch schedules` shows what is scheduled.
 #[derive(Debug, Parser)]
 #[command(name = "orch-scheduler", version, about)]
 struct Args {
@@ -26,6 +28,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return contracts::config::exit_error(PROGRAM, &e, 2),
     };
+    scheduler::install_metrics();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();

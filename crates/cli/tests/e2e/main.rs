@@ -11,6 +11,7 @@ mod notify;
 mod pipeline;
 mod real;
 mod recipe;
+mod schedules;
 mod support;
 mod tidy;
 

@@ -123,42 +123,22 @@ fn example_webhook_payloads_normalise_as_webhook_deliveries() {
 }
 
 #[test]
-fn example_schedules_have_the_schedule_shape_and_a_valid_payload() {
+fn example_schedules_are_valid_schedules_whose_jobs_normalise() {
     let dir = repo_root().join("examples/schedules");
     for path in json_files(&dir) {
-        let doc = read_json(&path);
-        let obj = doc.as_object().expect("object");
-        for key in obj.keys() {
-            assert!(
-                [
-                    "id", "enabled", "schedule", "timezone", "catchup", "payload"
-                ]
-                .contains(&key.as_str()),
-                "{}: unexpected key {key}",
-                path.display()
-            );
-        }
-        let id = obj["id"].as_str().expect("id");
-        assert!(contracts::ids::is_valid_step_id(id) || contracts::ids::is_valid_job_id(id));
-        assert!(obj.get("enabled").is_none_or(Value::is_boolean));
-        assert_eq!(
-            obj["schedule"]
-                .as_str()
-                .expect("schedule")
-                .split_whitespace()
-                .count(),
-            5
-        );
-        assert!(
-            obj.get("catchup")
-                .is_none_or(|c| c == "none" || c == "last")
-        );
-        let entry = EntryPoint::Cron {
-            schedule_id: id.into(),
-            slot: "2025-01-15T03:00:00Z".into(),
-        };
-        normalize(obj["payload"].clone(), &entry, &NormalizeOptions::default())
+        let bytes = std::fs::read(&path).unwrap();
+        let s = contracts::schedule::parse_schedule(&bytes)
             .unwrap_or_else(|e| panic!("{}:\n{e}", path.display()));
+        s.check(&NormalizeOptions::default())
+            .unwrap_or_else(|e| panic!("{}:\n{e}", path.display()));
+        let slot: jiff::Timestamp = "2025-01-15T03:00:00Z".parse().unwrap();
+        let job = s.job(slot, &NormalizeOptions::default()).unwrap();
+        assert_eq!(
+            job.job_id.as_str(),
+            format!("cron-{}-20250115T030000Z", s.id)
+        );
+        assert!(job.tags.contains(&format!("schedule:{}", s.id)));
+        assert_eq!(job.metadata["schedule_slot"], "2025-01-15T03:00:00Z");
     }
 }
 

@@ -4,6 +4,7 @@
 //! payload parsing, every example and frozen MVP fixture on disk, and the
 //! environment-variable registry with its generated documentation.
 
+mod cron;
 mod env;
 mod files;
 mod normalize;

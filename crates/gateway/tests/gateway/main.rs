@@ -1095,6 +1095,7 @@ async fn openapi_document_matches_the_routes() {
         ("GET", "/jobs"),
         ("GET", "/jobs/{id}"),
         ("GET", "/metrics"),
+        ("GET", "/schedules"),
         ("POST", "/jobs/{id}/approve"),
         ("POST", "/jobs/{id}/cancel"),
         ("POST", "/jobs/{id}/reject"),
@@ -1240,4 +1241,66 @@ async fn sigkill_under_load_loses_no_accepted_job() {
         .post_json("/webhook", r#"{"goal":"after the restart"}"#)
         .await;
     assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+}
+
+/// `GET /schedules` reads the schedules directory with the scheduler's own
+/// checks: next fire times for good files, every problem for a bad one,
+/// and a project-limited token sees only its projects' schedules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_are_listed_read_only_per_project() {
+    let dir = tempfile::tempdir().unwrap();
+    let sdir = dir.path().join("schedules");
+    std::fs::create_dir_all(&sdir).unwrap();
+    std::fs::write(
+        sdir.join("a.json"),
+        r#"{"id": "a", "schedule": "0 3 * * *", "timezone": "Asia/Kolkata", "payload": {"goal": "g", "project_id": "alpha"}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        sdir.join("g.json"),
+        r#"{"id": "g", "schedule": "@hourly", "payload": {"goal": "g", "project_id": "gamma"}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        sdir.join("z.json"),
+        b"{\"id\": \"z\", \"schedule\": \"* * *\"}",
+    )
+    .unwrap();
+    let gw = Gateway::start_in(
+        dir,
+        &[
+            ("WEBHOOK_TOKENS", "alpha-reader=alpha:read"),
+            ("PROJECT_ALIASES", "alpha=/srv/alpha,gamma=/srv/gamma"),
+        ],
+        &[],
+    );
+    assert_eq!(gw.get("/schedules", None).await.status, 401);
+    let r = gw.get("/schedules", Some(TOKEN)).await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    let doc = r.json();
+    let list = doc["schedules"].as_array().unwrap();
+    let ids: Vec<&str> = list.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["a", "g", "z"]);
+    let next = list[0]["next"].as_array().unwrap();
+    assert_eq!(next.len(), 3);
+    assert!(
+        next[0].as_str().unwrap().ends_with("T03:00:00+05:30"),
+        "{next:?}"
+    );
+    let problems: Vec<&str> = list[2]["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pointer"].as_str().unwrap())
+        .collect();
+    assert_eq!(problems, ["/schedule", "/payload"]);
+    let r = gw.get("/schedules", Some("alpha-reader")).await;
+    assert_eq!(r.status, 200);
+    let ids: Vec<String> = r.json()["schedules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["a"]);
 }

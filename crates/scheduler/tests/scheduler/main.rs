@@ -1,6 +1,8 @@
 //! `orch-scheduler` as a process: flags, configuration errors, and a clean
 //! SIGTERM shutdown.
 
+mod cron;
+
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
