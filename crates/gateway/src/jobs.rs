@@ -220,9 +220,15 @@ fn parse_query(q: &str) -> Result<ListQuery, ApiError> {
     for pair in q.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let v = decode(v).ok_or_else(|| bad(format!("{k}: not valid percent-encoded UTF-8")))?;
+        if v.is_empty() {
+            return Err(bad(format!(
+                "{}: an empty value; leave the parameter out instead",
+                k.chars().take(40).collect::<String>()
+            )));
+        }
         match k {
             "state" => {
-                for s in v.split(',').filter(|s| !s.is_empty()) {
+                for s in v.split(',') {
                     out.states.push(State::parse(s).ok_or_else(|| {
                         bad(format!(
                             "state must be pending, awaiting_approval, running, done or failed, got {:?}",
@@ -441,6 +447,10 @@ mod tests {
             "cursor=x",
             "foo=1",
             "tag=%zz",
+            "since=",
+            "state=",
+            "state=pending,,done",
+            "tag=",
         ] {
             assert!(parse_query(bad).is_err(), "{bad}");
         }

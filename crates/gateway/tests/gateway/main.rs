@@ -9,6 +9,7 @@
 // the executor ban is for production code.
 #![allow(clippy::disallowed_methods)]
 
+mod hostile;
 mod recovery;
 mod storm;
 mod support;
