@@ -163,3 +163,67 @@ async fn at_the_connection_limit_probes_are_still_answered() {
     .await;
     assert!(back);
 }
+
+/// Inputs where openapi.json and the server disagreed: each is refused by
+/// the server and outside what the document allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_and_server_agree_on_edge_inputs() {
+    let spec: serde_json::Value = serde_json::from_str(include_str!("../../openapi.json")).unwrap();
+    let gw = Gateway::start(&[], &[]);
+    let auth = format!("Bearer {TOKEN}");
+    let post = |headers: Vec<(&'static str, String)>, body: &'static str| {
+        let auth = auth.clone();
+        let addr = gw.addr;
+        async move {
+            let mut h: Vec<(&str, &str)> = vec![
+                ("Authorization", auth.as_str()),
+                ("Content-Type", "application/json"),
+            ];
+            for (k, v) in &headers {
+                h.push((k, v.as_str()));
+            }
+            request(addr, "POST", "/webhook", &h, body.as_bytes()).await
+        }
+    };
+    // A 300-character X-GitHub-Delivery next to an Idempotency-Key: 400.
+    let r = post(
+        vec![
+            ("Idempotency-Key", "k-1".into()),
+            ("X-GitHub-Delivery", "d".repeat(300)),
+        ],
+        r#"{"goal":"x"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.error_code(), "bad_idempotency_key");
+    // An empty key: 400.
+    let r = post(vec![("Idempotency-Key", String::new())], r#"{"goal":"x"}"#).await;
+    assert_eq!(r.status, 400);
+    // An empty goal: 422.
+    let r = post(vec![], r#"{"goal":""}"#).await;
+    assert_eq!(r.status, 422);
+    // An empty since: 400.
+    let r = gw.get("/jobs?since=", Some(TOKEN)).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(gw.count("pending"), 0);
+    // ... and the document says so.
+    let params = spec["paths"]["/webhook"]["post"]["parameters"]
+        .as_array()
+        .unwrap();
+    for p in params {
+        assert_eq!(p["schema"]["minLength"], 1, "{}", p["name"]);
+        assert_eq!(p["schema"]["maxLength"], 256, "{}", p["name"]);
+    }
+    assert_eq!(
+        spec["components"]["schemas"]["Payload"]["properties"]["goal"]["minLength"],
+        1
+    );
+    let since = spec["paths"]["/jobs"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "since")
+        .unwrap();
+    assert_eq!(since["schema"]["anyOf"][0]["pattern"], "^[0-9]{1,10}$");
+    assert_eq!(since["schema"]["anyOf"][1]["format"], "date-time");
+}
