@@ -71,7 +71,8 @@ env_vars! {
     GATEWAY_BIND = ("127.0.0.1:8080", "gateway", "Address and port the HTTP gateway listens on.");
     GATEWAY_HEADER_TIMEOUT_MS = ("10000", "gateway", "Time a client has to send a request's headers (50 to 3600000 ms); a slower client is cut off. The `--header-timeout-ms` flag overrides it.");
     GATEWAY_BODY_TIMEOUT_MS = ("30000", "gateway", "Time a client has to send a request's body once the headers are in (50 to 3600000 ms); a slower client gets 408. The `--body-timeout-ms` flag overrides it.");
-    GATEWAY_MAX_CONNECTIONS = ("1024", "gateway", "Connections served at once (1 to 1000000); more wait in the kernel's accept queue. The `--max-connections` flag overrides it.");
+    GATEWAY_MAX_CONNECTIONS = ("1024", "gateway", "Connections served at once (1 to 1000000); past it, a small overflow lane answers only `/health` and `/metrics`, and further connections are closed. The `--max-connections` flag overrides it.");
+    GATEWAY_MAX_CONNECTIONS_PER_CLIENT = ("128", "gateway", "Connections one client address (an IPv6 /64) may hold open at once (1 to 1000000); more are closed on arrival. Addresses in `TRUSTED_PROXIES` are exempt.");
     WEBHOOK_TOKEN = ("", "gateway", "Single bearer token with every scope (submit, read, admin); compared in constant time, never logged.", secret);
     WEBHOOK_TOKENS = ("", "gateway", "Scoped tokens, MVP format `token=proj1|proj2,token2=*`: each token may submit for the listed projects (`*` = all).", secret);
     WEBHOOK_RATE_LIMIT_WINDOW_SEC = ("60", "gateway", "Length of the rate-limit window, per token and per client address.");
@@ -548,6 +549,7 @@ mod tests {
             &GATEWAY_HEADER_TIMEOUT_MS,
             &GATEWAY_BODY_TIMEOUT_MS,
             &GATEWAY_MAX_CONNECTIONS,
+            &GATEWAY_MAX_CONNECTIONS_PER_CLIENT,
             &WEBHOOK_RATE_LIMIT_WINDOW_SEC,
             &WEBHOOK_RATE_LIMIT_MAX_REQUESTS,
             &MAX_WEBHOOK_BODY_BYTES,

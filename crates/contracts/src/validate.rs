@@ -916,11 +916,6 @@ pub fn check_relative_path(s: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// RFC 3986 characters allowed in the userinfo part of a callback URL.
-fn is_userinfo_char(b: u8) -> bool {
-    is_host_char(b) || b == b':'
-}
-
 /// RFC 3986 reg-name characters (unreserved, sub-delims, `%`).
 fn is_host_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"._~%!$&'()*+,;=-".contains(&b)
@@ -966,15 +961,14 @@ pub fn check_callback_url(s: &str) -> Result<(), String> {
     if !tail.iter().all(|&c| is_tail_char(c)) {
         return Err(bad());
     }
-    let hostport = match authority.iter().position(|&c| c == b'@') {
-        Some(at) => {
-            if !authority[..at].iter().all(|&c| is_userinfo_char(c)) {
-                return Err(bad());
-            }
-            &authority[at + 1..]
-        }
-        None => authority,
-    };
+    if authority.contains(&b'@') {
+        return Err(format!(
+            "invalid URL {}: credentials (user:password@) are not allowed in a callback URL; \
+             sign callbacks with CALLBACK_SECRET instead",
+            quote(&redact_userinfo(s))
+        ));
+    }
+    let hostport = authority;
     let port = if hostport.first() == Some(&b'[') {
         let Some(close) = hostport.iter().position(|&c| c == b']') else {
             return Err(bad());
@@ -1001,7 +995,48 @@ pub fn check_callback_url(s: &str) -> Result<(), String> {
     };
     let port_ok = port.is_empty()
         || (port[0] == b':' && port.len() <= 6 && port[1..].iter().all(u8::is_ascii_digit));
-    if port_ok { Ok(()) } else { Err(bad()) }
+    if !port_ok {
+        return Err(bad());
+    }
+    parse_callback_url(s).map(drop)
+}
+
+/// The one parser of callback URLs, at intake and at delivery: the `url`
+/// crate (WHATWG URL), so both ends agree on scheme case, hosts (IPv4
+/// spellings such as `0x7f.1` included), ports and paths. Refuses anything
+/// but `http`/`https` with a host, credentials (`user:pass@`), and ports
+/// over 65535. `check_callback_url` adds the character rules stated in
+/// `contracts/job.schema.json`.
+pub fn parse_callback_url(s: &str) -> Result<url::Url, String> {
+    let bad = |why: &str| format!("invalid URL {}: {why}", quote(&redact_userinfo(s)));
+    let u = url::Url::parse(s).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(u.scheme(), "http" | "https") {
+        return Err(bad("expected an http:// or https:// URL"));
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(bad(
+            "credentials (user:password@) are not allowed in a callback URL",
+        ));
+    }
+    if u.host_str().is_none_or(str::is_empty) {
+        return Err(bad("the URL has no host"));
+    }
+    Ok(u)
+}
+
+/// `s` with anything between `://` and an `@` of the authority replaced,
+/// so an error message never quotes a password.
+fn redact_userinfo(s: &str) -> String {
+    let Some(start) = s.find("://").map(|i| i + 3) else {
+        return s.to_owned();
+    };
+    let end = s[start..]
+        .find(['/', '?', '#'])
+        .map_or(s.len(), |i| start + i);
+    match s[start..end].rfind('@') {
+        Some(at) => format!("{}***@{}", &s[..start], &s[start + at + 1..]),
+        None => s.to_owned(),
+    }
 }
 
 fn two_digits(b: &[u8]) -> Option<u8> {
@@ -1231,7 +1266,6 @@ mod tests {
         for ok in [
             "http://example.com",
             "HTTPS://example.com:8443/hook?x=1#f",
-            "https://user:pw@example.com/",
             "http://[::1]:80/x",
             "http://10.0.0.1",
         ] {
@@ -1250,9 +1284,24 @@ mod tests {
             "http://[zz]/",
             "javascript:alert(1)",
             "http://ex\u{e4}mple.com",
+            "https://user:pw@example.com/",
+            "https://user@example.com/",
+            "https://@example.com/",
+            "http://example.com:65536/",
         ] {
             assert!(check_callback_url(bad).is_err(), "{bad} accepted");
         }
+        // Credentials are refused without quoting them.
+        let why = check_callback_url("https://alice:s3cr3t@example.com/").unwrap_err();
+        assert!(!why.contains("s3cr3t") && !why.contains("alice"), "{why}");
+        // Scheme case does not matter to either end; hosts are normalised.
+        let u = parse_callback_url("HTTPS://Example.COM:8443/hook?x=1").unwrap();
+        assert_eq!(
+            (u.scheme(), u.host_str(), u.port()),
+            ("https", Some("example.com"), Some(8443))
+        );
+        let u = parse_callback_url("http://0x7f.1/").unwrap();
+        assert_eq!(u.host_str(), Some("127.0.0.1"));
     }
 
     #[test]

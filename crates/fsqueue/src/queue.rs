@@ -130,6 +130,10 @@ pub const CONTROL_DIR: &str = "control";
 /// leftover of a crash between reservation and publish, and may be taken over.
 const ORPHAN_ID_AGE: Duration = Duration::from_secs(60);
 
+/// Passes over the state directories a lookup of a reserved id makes
+/// before it concludes the job is not there (see `Queue::find`).
+const FIND_PASSES: usize = 4;
+
 impl Queue {
     /// Opens (creating if needed) the queue under `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
@@ -176,6 +180,32 @@ impl Queue {
     /// One result per job, in order; each job is durable exactly when its
     /// result is `Ok`.
     pub fn enqueue_many(&self, jobs: &[NewJob<'_>]) -> Vec<Result<Located>> {
+        self.enqueue_many_with(jobs, false)
+    }
+
+    /// `enqueue` of a job whose id the caller has proven its own (a
+    /// delivery record whose writer is dead, say): a reservation in `ids/`
+    /// with no job file behind it (a crash between reservation and publish)
+    /// is taken over at any age. `Duplicate` means the job exists.
+    pub fn enqueue_recovered(
+        &self,
+        job_id: &str,
+        doc: &[u8],
+        prio: u8,
+        state: State,
+    ) -> Result<Located> {
+        let job = NewJob {
+            job_id,
+            doc,
+            prio,
+            state,
+        };
+        self.enqueue_many_with(&[job], true)
+            .pop()
+            .unwrap_or_else(|| Err(QueueError::BadJobId(job_id.chars().take(80).collect())))
+    }
+
+    fn enqueue_many_with(&self, jobs: &[NewJob<'_>], owned_ids: bool) -> Vec<Result<Located>> {
         let mut out: Vec<Option<Result<Located>>> = jobs.iter().map(|_| None).collect();
         let mut staged: Vec<(usize, Located)> = Vec::with_capacity(jobs.len());
         for (i, j) in jobs.iter().enumerate() {
@@ -186,7 +216,7 @@ impl Queue {
                 continue;
             }
             debug_assert!(matches!(j.state, State::Pending | State::AwaitingApproval));
-            if let Err(e) = self.reserve_id(j.job_id) {
+            if let Err(e) = self.reserve_id(j.job_id, owned_ids) {
                 out[i] = Some(Err(e));
                 continue;
             }
@@ -213,6 +243,7 @@ impl Queue {
         let ids = self.root.join(IDS_DIR);
         let placed = durable::write_files_new_after(&files, &[&ids]);
         for (k, (i, loc)) in staged.into_iter().enumerate() {
+            let path = loc.path.clone();
             let res = match &placed {
                 Ok(results) => match &results[k] {
                     Ok(true) => Ok(loc),
@@ -223,8 +254,10 @@ impl Queue {
                 },
                 Err(e) => Err(QueueError::Io(copy_err(e))),
             };
-            if res.is_err() {
-                // Nothing was published: free the id so a retry can succeed.
+            // Free the id only when nothing was published, so a retry can
+            // succeed. A failed name barrier comes after the renames: a job
+            // file already in place keeps its id (its job may well survive).
+            if res.is_err() && std::fs::symlink_metadata(&path).is_err() {
                 let _ = durable::remove_file(&self.id_path(jobs[i].job_id));
             }
             out[i] = Some(res);
@@ -239,7 +272,9 @@ impl Queue {
     }
 
     /// Exactly-once reservation of a job id: a no-replace create in `ids/`.
-    fn reserve_id(&self, job_id: &str) -> Result<()> {
+    /// With `owned`, the caller has proven the id its own, and a
+    /// reservation without a job is taken over whatever its age.
+    fn reserve_id(&self, job_id: &str, owned: bool) -> Result<()> {
         let p = self.id_path(job_id);
         if durable::create_empty_unsynced(&p)? {
             return Ok(());
@@ -251,7 +286,7 @@ impl Queue {
             .ok()
             .and_then(|m| SystemTime::now().duration_since(m).ok())
             .is_some_and(|age| age > ORPHAN_ID_AGE);
-        if old && self.find(job_id)?.is_none() {
+        if (owned || old) && self.find(job_id)?.is_none() {
             tracing::warn!(job_id, "taking over an orphaned id reservation");
             return Ok(());
         }
@@ -293,20 +328,42 @@ impl Queue {
             .count())
     }
 
-    /// Finds a job by id. When it appears in several states (only possible
-    /// after a crash or manual meddling), the highest precedence wins.
+    /// Finds a job by id. When it appears in several states (a crash in
+    /// the middle of a move, manual meddling, or a move seen half-way by
+    /// this very lookup), the highest precedence wins.
+    ///
+    /// A job moves while it is looked up, and one pass over the state
+    /// directories can miss it (it leaves a directory not yet read for one
+    /// already read). The pass reads the states in the order jobs move
+    /// forward (awaiting approval, pending, running, done, failed), so a
+    /// job that only moves forward is always met again further on. The
+    /// moves back (a reaped lease, an operator's retry) can still slip
+    /// past, so a job whose id is reserved in `ids/` but was not seen is
+    /// looked for again, a few passes at most: a reservation without any
+    /// job (an enqueue in flight, a crash's leftover) costs those passes.
     pub fn find(&self, job_id: &str) -> Result<Option<Located>> {
         if !is_valid_job_id(job_id) {
             return Err(QueueError::BadJobId(job_id.chars().take(80).collect()));
         }
+        for _ in 0..FIND_PASSES {
+            if let Some(found) = self.find_once(job_id)? {
+                return Ok(Some(found));
+            }
+            if std::fs::symlink_metadata(self.id_path(job_id)).is_err() {
+                break;
+            }
+        }
+        Ok(None)
+    }
+
+    fn find_once(&self, job_id: &str) -> Result<Option<Located>> {
         let mut best: Option<Located> = None;
-        // Highest precedence first so the common terminal case stops early.
         for st in [
+            State::AwaitingApproval,
+            State::Pending,
+            State::Running,
             State::Done,
             State::Failed,
-            State::AwaitingApproval,
-            State::Running,
-            State::Pending,
         ] {
             let dir = self.dir(st);
             for name in read_names(&dir)? {
@@ -327,9 +384,6 @@ impl Queue {
                 {
                     best = Some(cand);
                 }
-            }
-            if best.is_some() {
-                return Ok(best);
             }
         }
         Ok(best)

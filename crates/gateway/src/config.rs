@@ -45,7 +45,7 @@ pub struct Args {
     /// Time a client has to send a request's body [env: GATEWAY_BODY_TIMEOUT_MS, default 30000]
     #[arg(long, value_name = "MS")]
     pub body_timeout_ms: Option<u64>,
-    /// Connections served at once; more wait in the kernel's accept queue [env: GATEWAY_MAX_CONNECTIONS, default 1024]
+    /// Connections served at once; past it only /health and /metrics are answered [env: GATEWAY_MAX_CONNECTIONS, default 1024]
     #[arg(long, value_name = "N")]
     pub max_connections: Option<u64>,
     /// More log output: each -v raises LOG_LEVEL one step; RUST_LOG overrides
@@ -75,6 +75,8 @@ pub struct Config {
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub max_connections: usize,
+    /// Connections one client address may hold open at once.
+    pub max_connections_per_client: usize,
     /// How long in-flight requests may finish after SIGTERM.
     pub shutdown_grace: Duration,
     pub default_artifact_handoff: Option<ArtifactHandoff>,
@@ -232,6 +234,11 @@ impl Config {
                 &ev::GATEWAY_BODY_TIMEOUT_MS,
             )?,
             max_connections,
+            max_connections_per_client: env.get_u64_range(
+                &ev::GATEWAY_MAX_CONNECTIONS_PER_CLIENT,
+                1,
+                1_000_000,
+            )? as usize,
             shutdown_grace: Duration::from_secs(10),
             default_artifact_handoff,
             project_ids,

@@ -14,7 +14,7 @@
 use crate::app::{App, Audit, authenticate, header_value, limited};
 use crate::auth::Scope;
 use crate::crypto::{ct_eq, hex, hmac_sha256, sha256, unhex};
-use crate::dedup::{self, ORPHAN_AGE, Record};
+use crate::dedup::{self, Record, Writer};
 use crate::github::{Outcome, map_event};
 use crate::http::{
     ApiError, Body, blocking, check_declared_length, empty, json_response, read_body, require_json,
@@ -39,25 +39,39 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// A usable delivery key: 1..=256 visible ASCII characters (surrounding
+/// spaces aside).
+fn key_value(v: &hyper::header::HeaderValue) -> Option<String> {
+    let s = v.to_str().ok()?.trim();
+    (!s.is_empty()
+        && s.len() <= MAX_KEY_LEN
+        && s.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+    .then(|| s.to_owned())
+}
+
 /// The delivery key of a request, if it carries one: `Idempotency-Key`
-/// first, then `X-GitHub-Delivery`. 400 for an unusable value.
+/// first, then `X-GitHub-Delivery`. 400 when either header is present with
+/// an unusable value (both are checked, whichever is used).
 fn delivery_key(h: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let raw = match h
-        .get("idempotency-key")
-        .or_else(|| h.get("x-github-delivery"))
-    {
-        None => return Ok(None),
-        Some(v) => v,
-    };
-    match raw.to_str() {
-        Ok(s) if !s.trim().is_empty() && s.len() <= MAX_KEY_LEN => Ok(Some(s.trim().to_owned())),
-        _ => Err(ApiError::bad_request(
+    let bad = || {
+        ApiError::bad_request(
             "bad_idempotency_key",
             format!(
                 "Idempotency-Key / X-GitHub-Delivery must be 1..{MAX_KEY_LEN} visible ASCII characters"
             ),
-        )),
+        )
+    };
+    let mut key = None;
+    for name in ["x-github-delivery", "idempotency-key"] {
+        let mut values = h.get_all(name).iter();
+        if let Some(v) = values.next() {
+            if values.next().is_some() {
+                return Err(bad());
+            }
+            key = Some(key_value(v).ok_or_else(bad)?);
+        }
     }
+    Ok(key)
 }
 
 fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
@@ -291,33 +305,27 @@ async fn submit(
         committed: false,
         created_at: contracts::now_rfc3339(),
         job: serde_json::to_value(&job).ok(),
+        owner: app.deliveries.owner().to_owned(),
     };
     let deadline = Instant::now() + DEDUP_WAIT;
     loop {
-        let (a, k, r) = (app.clone(), key.clone(), record.clone());
-        let claimed = blocking(move || a.deliveries.create(&k, &r))
-            .await?
-            .map_err(durable_error)?;
-        if claimed {
-            audit.job_id = Some(job_id.clone());
-            return match enqueue(app, &job_id, doc, state).await {
-                Ok(()) => {
-                    let (a, k, r) = (app.clone(), key.clone(), record.clone());
-                    // The job is durable; a failed commit only means a later
-                    // copy finishes the record (the job exists, so it
-                    // commits without enqueuing again).
-                    if let Ok(Err(e)) = blocking(move || a.deliveries.commit(&k, &r)).await {
-                        tracing::warn!(job_id, error = %e, "could not commit a delivery record");
-                    }
-                    count_enqueued(entry, state);
-                    Ok(accepted(&job_id, state.dir_name(), false))
-                }
-                Err(e) => {
-                    let (a, k) = (app.clone(), key.clone());
-                    let _ = blocking(move || a.deliveries.release(&k)).await;
-                    Err(durable_error(e))
-                }
-            };
+        // Claim, enqueue and commit run as a task of their own: a client
+        // that hangs up must not leave a claimed record behind half done.
+        let (a, k, r, d) = (app.clone(), key.clone(), record.clone(), doc.clone());
+        let claimed = tokio::spawn(async move { claim_and_store(&a, &k, &r, d, state).await })
+            .await
+            .map_err(|_| ApiError::internal("a storage task failed"))?;
+        match claimed {
+            Stored::Lost => {}
+            Stored::Queued => {
+                audit.job_id = Some(job_id.clone());
+                count_enqueued(entry, state);
+                return Ok(accepted(&job_id, state.dir_name(), false));
+            }
+            Stored::Failed(e) => {
+                audit.job_id = Some(job_id.clone());
+                return Err(e);
+            }
         }
         if let Some(resp) = existing(app, &key, &body_hash, audit).await? {
             return Ok(resp);
@@ -332,14 +340,92 @@ async fn submit(
     }
 }
 
+/// What became of a claim attempt.
+enum Stored {
+    /// Another copy holds the record.
+    Lost,
+    /// The job is durable and the record committed (or committable).
+    Queued,
+    Failed(ApiError),
+}
+
+/// Claims the delivery record and, when this copy wins, enqueues the job and
+/// commits the record.
+async fn claim_and_store(
+    app: &Arc<App>,
+    key: &str,
+    record: &Record,
+    doc: Vec<u8>,
+    state: State,
+) -> Stored {
+    app.deliveries.set_in_flight(key, true);
+    let out = claim_and_store_inner(app, key, record, doc, state).await;
+    app.deliveries.set_in_flight(key, false);
+    out
+}
+
+async fn claim_and_store_inner(
+    app: &Arc<App>,
+    key: &str,
+    record: &Record,
+    doc: Vec<u8>,
+    state: State,
+) -> Stored {
+    let (a, k, r) = (app.clone(), key.to_owned(), record.clone());
+    match blocking(move || a.deliveries.create(&k, &r)).await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => return Stored::Lost,
+        Ok(Err(e)) => return Stored::Failed(durable_error(e)),
+        Err(e) => return Stored::Failed(e),
+    }
+    let job_id = record.job_id.clone();
+    match enqueue(app, &job_id, doc, state).await {
+        Ok(()) => {
+            let (a, k, r) = (app.clone(), key.to_owned(), record.clone());
+            // The job is durable; a failed commit only means a later copy
+            // finishes the record (the job exists, so it commits without
+            // enqueuing again).
+            if let Ok(Err(e)) = blocking(move || a.deliveries.commit(&k, &r)).await {
+                tracing::warn!(job_id, error = %e, "could not commit a delivery record");
+            }
+            Stored::Queued
+        }
+        Err(e) => {
+            // Drop the claim so a retry starts over, unless the job file
+            // made it into the queue after all (a failed name barrier after
+            // the rename): then the record stays for a retry to commit.
+            let (a, k, id) = (app.clone(), key.to_owned(), job_id.clone());
+            let released = blocking(move || -> Result<bool, String> {
+                if a.queue.find(&id).map_err(|e| e.to_string())?.is_some() {
+                    return Ok(false);
+                }
+                a.deliveries.release(&k, &id).map_err(|e| e.to_string())
+            })
+            .await;
+            if !matches!(released, Ok(Ok(true))) {
+                tracing::warn!(job_id, "kept the delivery record of a failed enqueue");
+            }
+            Stored::Failed(match e {
+                QueueError::Duplicate { .. } => ApiError::new(
+                    StatusCode::CONFLICT,
+                    "duplicate_job",
+                    "a job with this id already exists",
+                ),
+                e => durable_error(e),
+            })
+        }
+    }
+}
+
 fn count_enqueued(entry: &'static str, state: State) {
     metrics::counter!("orch_jobs_enqueued_total", "entry" => entry, "state" => state.dir_name())
         .increment(1);
 }
 
 /// Answers from an existing delivery record: `Some(202)` with the original
-/// job when the record is committed (or an orphan that could be finished),
-/// `None` when there is no record or its owner is still at work.
+/// job when the record is committed, or when its job is found durably in a
+/// queue state, or once the work of a writer proven gone is finished;
+/// `None` when there is no record or its writer is still at work.
 async fn existing(
     app: &Arc<App>,
     key: &str,
@@ -350,7 +436,7 @@ async fn existing(
     let found = blocking(move || a.deliveries.read(&k))
         .await?
         .map_err(durable_error)?;
-    let Some((rec, age)) = found else {
+    let Some((rec, _)) = found else {
         return Ok(None);
     };
     if rec.body_sha256 != body_hash {
@@ -362,13 +448,13 @@ async fn existing(
         .details(json!({ "job_id": rec.job_id })));
     }
     if !rec.committed {
-        if age <= ORPHAN_AGE {
-            return Ok(None);
-        }
-        let (a, k, r) = (app.clone(), key.to_owned(), rec.clone());
-        blocking(move || finish_orphan(&a, &k, &r))
+        let (a, k) = (app.clone(), key.to_owned());
+        let done = blocking(move || resolve(&a, &k))
             .await?
             .map_err(durable_error)?;
+        if !done {
+            return Ok(None);
+        }
     }
     audit.job_id = Some(rec.job_id.clone());
     audit.duplicate = true;
@@ -376,29 +462,84 @@ async fn existing(
     Ok(Some(accepted(&rec.job_id, &rec.state, true)))
 }
 
-/// Completes a delivery whose claimer died between claim and commit: the
-/// job is enqueued from the record unless it already exists, then the
-/// record is committed.
+/// Settles an uncommitted delivery record, if it can be settled now:
+/// `Ok(true)` when the record is committed afterwards (its job durably in a
+/// queue state), `Ok(false)` when its writer is still at work (or another
+/// finisher is).
+pub fn resolve(app: &App, key: &str) -> Result<bool, String> {
+    let Some((rec, age)) = app.deliveries.read(key).map_err(|e| e.to_string())? else {
+        return Ok(false);
+    };
+    if rec.committed {
+        return Ok(true);
+    }
+    // The job file already in a queue state: make its name durable (its
+    // writer may not have reached its barrier yet) and commit the record.
+    if let Some(loc) = app.queue.find(&rec.job_id).map_err(|e| e.to_string())? {
+        sync_job_name(app, &loc)?;
+        app.deliveries
+            .commit(key, &rec)
+            .map_err(|e| e.to_string())?;
+        return Ok(true);
+    }
+    if app.deliveries.writer(key, &rec, age) == Writer::Working {
+        return Ok(false);
+    }
+    let Some(_lock) = app
+        .deliveries
+        .lock_for_finish(key)
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(false);
+    };
+    // Under the lock, from the record as it is now.
+    let Some((rec, _)) = app.deliveries.read(key).map_err(|e| e.to_string())? else {
+        return Ok(false);
+    };
+    if rec.committed {
+        return Ok(true);
+    }
+    finish_orphan(app, key, &rec)?;
+    Ok(true)
+}
+
+/// Makes a found job file's directory entry durable.
+fn sync_job_name(app: &App, loc: &fsqueue::Located) -> Result<(), String> {
+    let dir = app.queue.dir(loc.state);
+    let ids = app.queue.internal_dir(fsqueue::queue::IDS_DIR);
+    fsqueue::durable::sync_dirs(&[&dir, &ids]).map_err(|e| e.to_string())
+}
+
+/// Completes a delivery whose writer is gone: the job is enqueued from the
+/// record (taking over an id reservation the crash left without its job
+/// file) unless it exists, then the record is committed. The caller holds
+/// the record's finish lock.
 pub fn finish_orphan(app: &App, key: &str, rec: &Record) -> Result<(), String> {
     let state = State::parse(&rec.state).unwrap_or(State::Pending);
-    let exists = app
-        .queue
-        .find(&rec.job_id)
-        .map_err(|e| e.to_string())?
-        .is_some();
-    if !exists {
-        let doc = rec
-            .job
-            .as_ref()
-            .ok_or("the record has no job document")
-            .and_then(|j| serde_json::to_vec(j).map_err(|_| "unserialisable job"))?;
-        match app
-            .queue
-            .enqueue(&rec.job_id, &doc, fsqueue::name::DEFAULT_PRIO, state)
-        {
-            Ok(_) => tracing::warn!(job_id = %rec.job_id, "finished an interrupted delivery"),
-            Err(QueueError::Duplicate { .. }) => {}
-            Err(e) => return Err(e.to_string()),
+    match app.queue.find(&rec.job_id).map_err(|e| e.to_string())? {
+        Some(loc) => sync_job_name(app, &loc)?,
+        None => {
+            let doc = rec
+                .job
+                .as_ref()
+                .ok_or("the record has no job document")
+                .and_then(|j| serde_json::to_vec(j).map_err(|_| "unserialisable job"))?;
+            match app
+                .queue
+                .enqueue_recovered(&rec.job_id, &doc, fsqueue::name::DEFAULT_PRIO, state)
+            {
+                Ok(_) => tracing::warn!(job_id = %rec.job_id, "finished an interrupted delivery"),
+                // It appeared meanwhile (found by the enqueue's own lookup).
+                Err(QueueError::Duplicate { .. }) => {
+                    let loc = app
+                        .queue
+                        .find(&rec.job_id)
+                        .map_err(|e| e.to_string())?
+                        .ok_or("the job of the delivery vanished")?;
+                    sync_job_name(app, &loc)?;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
         }
     }
     app.deliveries.commit(key, rec).map_err(|e| e.to_string())

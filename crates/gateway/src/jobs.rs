@@ -220,9 +220,15 @@ fn parse_query(q: &str) -> Result<ListQuery, ApiError> {
     for pair in q.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let v = decode(v).ok_or_else(|| bad(format!("{k}: not valid percent-encoded UTF-8")))?;
+        if v.is_empty() {
+            return Err(bad(format!(
+                "{}: an empty value; leave the parameter out instead",
+                k.chars().take(40).collect::<String>()
+            )));
+        }
         match k {
             "state" => {
-                for s in v.split(',').filter(|s| !s.is_empty()) {
+                for s in v.split(',') {
                     out.states.push(State::parse(s).ok_or_else(|| {
                         bad(format!(
                             "state must be pending, awaiting_approval, running, done or failed, got {:?}",
@@ -234,8 +240,14 @@ fn parse_query(q: &str) -> Result<ListQuery, ApiError> {
             "tag" => out.tag = Some(v),
             "project" => out.project = Some(v),
             "since" => {
-                let ns = if let Ok(secs) = v.parse::<u64>() {
-                    secs.checked_mul(1_000_000_000)
+                let digits = v.bytes().all(|b| b.is_ascii_digit());
+                let ns = if digits {
+                    // At most 10 digits: Unix seconds up to the year 2286,
+                    // in nanoseconds within u64.
+                    (v.len() <= 10)
+                        .then(|| v.parse::<u64>().ok())
+                        .flatten()
+                        .and_then(|secs| secs.checked_mul(1_000_000_000))
                 } else {
                     // Enqueue times are u64 nanoseconds: clamp far dates.
                     v.parse::<jiff::Timestamp>()
@@ -249,7 +261,7 @@ fn parse_query(q: &str) -> Result<ListQuery, ApiError> {
             }
             "limit" => {
                 out.limit = match v.parse::<usize>() {
-                    Ok(n) if (1..=500).contains(&n) => n,
+                    Ok(n) if (1..=500).contains(&n) && v.bytes().all(|b| b.is_ascii_digit()) => n,
                     _ => return Err(bad("limit must be a whole number from 1 to 500".into())),
                 }
             }
@@ -258,7 +270,9 @@ fn parse_query(q: &str) -> Result<ListQuery, ApiError> {
                     .split_once('.')
                     .and_then(|(seq, id)| {
                         Some((
-                            seq.parse::<u64>().ok()?,
+                            seq.bytes()
+                                .all(|b| b.is_ascii_digit())
+                                .then(|| seq.parse::<u64>().ok())??,
                             JobId::parse(id).ok()?.as_str().to_owned(),
                         ))
                     })
@@ -441,6 +455,10 @@ mod tests {
             "cursor=x",
             "foo=1",
             "tag=%zz",
+            "since=",
+            "state=",
+            "state=pending,,done",
+            "tag=",
         ] {
             assert!(parse_query(bad).is_err(), "{bad}");
         }

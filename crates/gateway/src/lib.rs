@@ -23,6 +23,7 @@ pub mod github;
 mod http;
 mod intake;
 mod jobs;
+mod leftovers;
 pub mod promtext;
 pub mod ratelimit;
 mod schedules;
@@ -171,9 +172,6 @@ fn warn_about_config(cfg: &Config) {
     }
 }
 
-/// Background upkeep of delivery records: finish deliveries interrupted by
-/// a crash (once the orphan age has passed, so a live peer gateway is not
-/// raced), and prune records past the dedup window, hourly.
 /// systemd watchdog pings (when asked for): each one after a round trip
 /// through the blocking pool and the queue directory, so a wedged runtime or
 /// an unreachable queue stops the pings.
@@ -195,22 +193,39 @@ async fn watchdog(app: Arc<App>) {
     }
 }
 
+/// Background upkeep. At start-up and then hourly: finish deliveries whose
+/// writer is gone (a crashed gateway: its owner lock is free), drop the
+/// lock files of dead gateways, prune records past the dedup window. Every
+/// minute (and at start-up): remove temporary files that dead gateways
+/// left in the intake directories.
 async fn maintain(app: Arc<App>) {
-    tokio::time::sleep(dedup::ORPHAN_AGE + Duration::from_secs(1)).await;
+    let mut last_full: Option<std::time::Instant> = None;
     loop {
+        let full = last_full.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600));
         let a = app.clone();
         let _ = tokio::task::spawn_blocking(move || {
+            let swept = leftovers::sweep_temp_files(&a.queue);
+            if swept > 0 {
+                tracing::info!(removed = swept, "removed temporary files of dead writers");
+            }
+            if !full {
+                return;
+            }
             for (key, rec) in a.deliveries.orphans() {
-                if let Err(e) = intake::finish_orphan(&a, &key, &rec) {
+                if let Err(e) = intake::resolve(&a, &key) {
                     tracing::warn!(job_id = %rec.job_id, error = %e, "could not finish an interrupted delivery");
                 }
             }
+            a.deliveries.prune_owners();
             let n = a.deliveries.prune(a.cfg.dedup_window);
             if n > 0 {
                 tracing::info!(pruned = n, "pruned expired delivery records");
             }
         })
         .await;
-        tokio::time::sleep(Duration::from_secs(3600)).await;
+        if full {
+            last_full = Some(std::time::Instant::now());
+        }
+        tokio::time::sleep(leftovers::SWEEP_EVERY).await;
     }
 }

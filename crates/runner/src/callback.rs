@@ -169,53 +169,25 @@ pub struct Target {
 }
 
 impl Target {
+    /// Parses with the same parser as intake validation
+    /// (`contracts::validate::parse_callback_url`).
     pub fn parse(url: &str) -> Result<Self, String> {
-        let (https, rest) = if let Some(r) = url.strip_prefix("http://") {
-            (false, r)
-        } else if let Some(r) = url.strip_prefix("https://") {
-            (true, r)
-        } else {
-            return Err("callback_url must start with http:// or https://".into());
+        let u = contracts::validate::parse_callback_url(url)
+            .map_err(|e| format!("callback_url: {e}"))?;
+        let https = u.scheme() == "https";
+        let host = u.host_str().unwrap_or_default();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+            .to_owned();
+        let port = u
+            .port_or_known_default()
+            .unwrap_or(if https { 443 } else { 80 });
+        let path = match u.query() {
+            Some(q) => format!("{}?{q}", u.path()),
+            None => u.path().to_owned(),
         };
-        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(end);
-        let tail = tail.split('#').next().unwrap_or("");
-        let path = if tail.starts_with('/') {
-            tail.to_owned()
-        } else {
-            format!("/{tail}")
-        };
-        if authority.contains('@') {
-            return Err("callback_url must not carry credentials (user@host)".into());
-        }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (h, after) = v6
-                .split_once(']')
-                .ok_or("callback_url has an unterminated IPv6 address")?;
-            (h.to_owned(), after.strip_prefix(':'))
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h.to_owned(), Some(p)),
-                None => (authority.to_owned(), None),
-            }
-        };
-        let port = match port {
-            Some(p) => p
-                .parse::<u16>()
-                .map_err(|_| format!("callback_url has an invalid port {p:?}"))?,
-            None if https => 443,
-            None => 80,
-        };
-        if host.is_empty()
-            || !host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b))
-        {
-            return Err(format!("callback_url has an invalid host {host:?}"));
-        }
-        if path.bytes().any(|b| b <= b' ' || b == 0x7f) {
-            return Err("callback_url has spaces or control characters in its path".into());
-        }
         Ok(Self {
             https,
             host,
@@ -239,11 +211,28 @@ impl Target {
     }
 }
 
-/// The URL as recorded: scheme, host, port and path; the query (which may
-/// carry a token) is dropped.
+/// The URL as recorded: scheme, host, port and path; credentials and the
+/// query (which may carry a token) are dropped.
 pub(crate) fn redact_url(url: &str) -> String {
-    let cut = url.find(['?', '#']).unwrap_or(url.len());
-    url[..cut].to_owned()
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            u.to_string()
+        }
+        // Unparseable: only the scheme is safe to show.
+        Err(_) => url.split_once("://").map_or_else(
+            || "(invalid URL)".to_owned(),
+            |(scheme, _)| {
+                format!(
+                    "{}://(invalid URL)",
+                    scheme.chars().take(10).collect::<String>()
+                )
+            },
+        ),
+    }
 }
 
 /// True for addresses a callback may not reach without
@@ -449,6 +438,16 @@ mod tests {
         let t = Target::parse("http://h").unwrap();
         assert_eq!(t.path, "/");
         assert!(Target::parse("http://user:pw@h/").is_err());
+        // One parser: scheme case and host spelling as at intake.
+        let t = Target::parse("HTTP://Example.com/x").unwrap();
+        assert_eq!(
+            (t.https, t.host.as_str(), t.port),
+            (false, "example.com", 80)
+        );
+        assert_eq!(Target::parse("http://0x7f.1/").unwrap().host, "127.0.0.1");
+        // Nothing of the credentials reaches callback.json.
+        let shown = redact_url("https://alice:s3cr3t@example.com/hook?token=t#f");
+        assert_eq!(shown, "https://example.com/hook");
         assert!(Target::parse("ftp://h/").is_err());
         assert!(Target::parse("http://h:99999/").is_err());
         assert_eq!(redact_url("http://h/p?token=s"), "http://h/p");

@@ -2,6 +2,8 @@
 //! renames and real inotify. Process-level races and SIGKILL are exercised
 //! by the runner's tests, which start the real binaries.
 
+mod lookup;
+
 use fsqueue::lease::{self, Liveness};
 use fsqueue::recover::recover;
 use fsqueue::{Claimer, Queue, ReapOutcome, Reaper, RunnerLock, State};

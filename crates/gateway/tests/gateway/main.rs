@@ -9,6 +9,9 @@
 // the executor ban is for production code.
 #![allow(clippy::disallowed_methods)]
 
+mod hostile;
+mod recovery;
+mod storm;
 mod support;
 
 use serde_json::{Value, json};
@@ -620,7 +623,13 @@ async fn same_delivery_sent_100_times_concurrently_makes_one_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_concurrent_webhooks_all_durable() {
-    let gw = Gateway::start(&[("WEBHOOK_RATE_LIMIT_MAX_REQUESTS", "100000")], &[]);
+    let gw = Gateway::start(
+        &[
+            ("WEBHOOK_RATE_LIMIT_MAX_REQUESTS", "100000"),
+            ("GATEWAY_MAX_CONNECTIONS_PER_CLIENT", "2000"),
+        ],
+        &[],
+    );
     let addr = gw.addr;
     let handles = webhook_burst(addr, 1000, Duration::ZERO);
     let mut accepted = 0;
@@ -1027,7 +1036,12 @@ async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
     let st = tokio::task::block_in_place(|| gw.wait_exit(Duration::from_secs(10))).expect("exit");
     assert!(st.success(), "{st:?}");
     assert_eq!(gw.count("pending"), 1);
-    assert!(gw.log_text().contains("gateway stopped"));
+    // The log is read by another thread: its last line may come after the exit.
+    let stopped = eventually(Duration::from_secs(5), async || {
+        gw.log_text().contains("gateway stopped")
+    })
+    .await;
+    assert!(stopped, "no `gateway stopped` in the log");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1193,7 +1207,13 @@ fn webhook_burst(
 /// gateway serves again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_loses_no_accepted_job() {
-    let mut gw = Gateway::start(&[("WEBHOOK_RATE_LIMIT_MAX_REQUESTS", "100000")], &[]);
+    let mut gw = Gateway::start(
+        &[
+            ("WEBHOOK_RATE_LIMIT_MAX_REQUESTS", "100000"),
+            ("GATEWAY_MAX_CONNECTIONS_PER_CLIENT", "2000"),
+        ],
+        &[],
+    );
     let addr = gw.addr;
     // Spread over 150 ms so the kill lands in the middle of the burst.
     let handles = webhook_burst(addr, 600, Duration::from_micros(250));
