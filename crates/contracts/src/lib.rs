@@ -20,7 +20,7 @@ pub mod validate;
 pub use ids::{IdError, JobId, StepId};
 pub use job::{
     ArtifactHandoff, ContextMessage, ContextStrategy, Job, NetworkPolicy, OnFailure, Policy,
-    Source, SourceType, Step,
+    ResourceLimits, Source, SourceType, Step,
 };
 pub use normalize::{EntryPoint, NormalizeOptions, normalize, parse_payload_bytes};
 pub use result::{ErrorInfo, ResultArtifacts, ResultDoc, ResultKind, Status};
