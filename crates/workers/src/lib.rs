@@ -3,8 +3,7 @@
 //! preparation (`workspace`), per-step diffs (`diff`), the one executor of
 //! child processes (`exec`), the agent sandbox (`sandbox`), host-side writes
 //! and git confined against what an agent planted (`confine`, `hostgit`),
-//! and the real
-//! CLI adapters (`real`, `agents`, `output`; SPEC §6, §7).
+//! and the real CLI adapters (`real`, `agents`, `output`; SPEC §6, §7).
 //!
 //! # Simulation markers
 //!
