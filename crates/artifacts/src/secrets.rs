@@ -208,6 +208,28 @@ const RULES: &[Rule] = &[
         entropy: 3.0,
         generic: false,
     },
+    // Unix crypt(3) password hashes: md5crypt `$1$`, sha256crypt `$5$`,
+    // sha512crypt `$6$`, yescrypt `$y$` and bcrypt `$2a$`/`$2b$`/`$2y$`
+    // (not in gitleaks; what an agent reading `/etc/shadow` would print).
+    Rule {
+        id: "crypt-hash",
+        keywords: &["$1$", "$5$", "$6$", "$y$", "$2a$", "$2b$", "$2y$"],
+        pattern: r"(\$1\$[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{22}|\$[56]\$(?:rounds=[0-9]{1,9}\$)?[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{43,86}|\$y\$[./A-Za-z0-9]{1,32}\$[./A-Za-z0-9]{1,86}\$[./A-Za-z0-9]{43}|\$2[aby]\$[0-9]{2}\$[./A-Za-z0-9]{53})(?:[^./A-Za-z0-9$]|$)",
+        group: 1,
+        entropy: 3.0,
+        generic: false,
+    },
+    // A whole `/etc/shadow` line (`name:hash:lastchg:min:max:warn:inactive:
+    // expire:reserved`), whatever its hash field holds (`*` and `!` too: the
+    // list of accounts and their ageing is host data). Not in gitleaks.
+    Rule {
+        id: "shadow-entry",
+        keywords: &["::", ":*:", ":!"],
+        pattern: r"(?m)^([a-z_][a-z0-9_.-]{0,31}\$?:[^:\r\n]{0,256}:[0-9]{0,8}:[0-9]{0,8}:[0-9]{0,8}:[0-9]{0,8}:[0-9]{0,8}:[0-9]{0,8}:[^:\r\n]{0,20})\r?$",
+        group: 1,
+        entropy: 0.0,
+        generic: false,
+    },
     // gitleaks `jwt` (header and payload are base64 JSON, hence `eyJ`).
     Rule {
         id: "jwt",

@@ -213,6 +213,13 @@ pub fn doctor(as_json: &bool) -> Result<u8, CliError> {
                 "simulation mode (set ENABLE_REAL_CLI=1 to run real agent CLIs)".into(),
             );
         }
+        if real && nix::unistd::geteuid().is_root() {
+            add(
+                "privileges",
+                Level::Warn,
+                "RUNNING AS ROOT with real agents: agents run as SANDBOX_UID inside the sandbox, but orch's host-side code (workspaces, patches, artifacts) runs as root; run the runner as an unprivileged user (see docs/SECURITY.md)".into(),
+            );
+        }
         let wrapper = env.get_str(&contracts::env::SANDBOX_WRAPPER).ok().flatten();
         // In real mode the sandbox was judged above, as a runner would.
         if !real {

@@ -92,10 +92,16 @@ env_vars! {
     SANDBOX = ("1", "runner, orch", "Run real agents inside the sandbox (built-in bubblewrap profile or `SANDBOX_WRAPPER`); when required but unavailable, jobs are refused.");
     SANDBOX_WRAPPER = ("", "runner, orch", "Executable that wraps every agent command instead of the built-in bubblewrap profile.");
     SANDBOX_WRAPPER_ARGS = ("", "runner", "Arguments passed to `SANDBOX_WRAPPER` before the agent command (split on whitespace).");
+    SANDBOX_UID = ("65534", "runner, orch", "Unprivileged uid and gid agents run as inside the built-in sandbox; a root runner starts bubblewrap as this uid (through `setpriv`) and hands it the job's workspace and state directory. Never 0.");
+    SANDBOX_MEMORY_MB = ("16384", "runner", "Largest address space of one agent process (RLIMIT_AS), in MiB; agents' and jobs' `limits.memory_mb` can only lower it.");
+    SANDBOX_MAX_PROCESSES = ("4096", "runner", "Process limit of the sandbox uid (RLIMIT_NPROC; counts every process of that uid on the host); `limits.processes` can only lower it.");
+    SANDBOX_CPU_SEC = ("0", "runner", "CPU seconds one agent process may use (RLIMIT_CPU); 0 = no limit. `limits.cpu_sec` can only lower it.");
+    SANDBOX_TMP_MB = ("1024", "runner", "Size of the sandbox's private `/tmp` (a tmpfs in host memory), in MiB; `limits.tmp_mb` can only lower it.");
+    SANDBOX_WORKSPACE_MB = ("10240", "runner", "Bytes a job's workspace may hold while an agent runs, in MiB, checked every 2 s; beyond it the step is stopped with `resource_limit`. `limits.workspace_mb` can only lower it.");
     SANDBOX_CLEAR_ENV = ("0", "runner", "Give agents only `ENV_ALLOWLIST` variables, without the default `PATH`, `HOME` and `TMPDIR` (1/0).");
     ALLOWED_BINARIES = ("opencode,codex,claude,git", "runner, orch", "Comma-separated executables the real-CLI executor may start; a job's `policy.allowed_binaries` can only narrow it.");
     MIN_BINARY_VERSIONS = ("", "runner, orch", "Minimum versions checked by preflight (`bin --version`), e.g. `codex=0.40.0,claude=1.0.0`.");
-    NETWORK_POLICY = ("deny", "runner", "Default network access of sandboxed agents when the job does not allow it: `deny` or `allow`.");
+    NETWORK_POLICY = ("deny", "runner", "Network access sandboxed agents may have: `deny`, or `allow` (then only jobs whose `policy.network` is also `allow` get it, sharing the host's network namespace); the stricter of the two wins.");
     ENV_ALLOWLIST = ("", "runner", "Comma-separated environment variables passed to agents (e.g. API keys).");
     SENSITIVE_ENV_VARS = ("", "runner", "Comma-separated variables whose values (8+ characters) are redacted from every artifact.");
     MAX_INPUT_ARTIFACTS_FILES = ("10", "runner", "Input artifacts included in a step's prompt; the rest are marked `[truncated:file_limit]`.");

@@ -216,7 +216,42 @@ pub struct Policy {
     pub allowed_binaries: Vec<String>,
     #[serde(default)]
     pub requires_approval: bool,
+    /// Resource limits this job asks for; each can only lower the runner's
+    /// `SANDBOX_*` maxima (and an agent's own `limits`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ResourceLimits>,
 }
+
+/// Per-step resource limits a job or an agent definition asks for. Every
+/// field is optional; a value above the operator's maximum is lowered to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceLimits {
+    /// Address space of one agent process, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    /// Processes of the sandbox uid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<u64>,
+    /// CPU seconds of one agent process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_sec: Option<u64>,
+    /// Size of the sandbox's private /tmp, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmp_mb: Option<u64>,
+    /// Size of the job's workspace while an agent runs, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_mb: Option<u64>,
+}
+
+/// The keys of [`ResourceLimits`] and their ranges (for the validator).
+pub const RESOURCE_LIMIT_KEYS: &[(&str, u64, u64)] = &[
+    ("memory_mb", 16, 1 << 24),
+    ("processes", 1, 1 << 22),
+    ("cpu_sec", 1, 1 << 31),
+    ("tmp_mb", 1, 1 << 24),
+    ("workspace_mb", 1, 1 << 30),
+];
 
 fn yes() -> bool {
     true
@@ -229,6 +264,7 @@ impl Default for Policy {
             network: NetworkPolicy::Deny,
             allowed_binaries: Vec::new(),
             requires_approval: false,
+            limits: None,
         }
     }
 }

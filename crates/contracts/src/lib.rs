@@ -24,7 +24,7 @@ pub use access::Access;
 pub use ids::{IdError, JobId, StepId};
 pub use job::{
     ArtifactHandoff, ContextMessage, ContextStrategy, Job, NetworkPolicy, OnFailure, Policy,
-    Source, SourceType, Step,
+    ResourceLimits, Source, SourceType, Step,
 };
 pub use normalize::{EntryPoint, NormalizeOptions, normalize, parse_payload_bytes};
 pub use result::{ErrorInfo, ResultArtifacts, ResultDoc, ResultKind, Status};

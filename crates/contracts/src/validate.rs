@@ -313,6 +313,7 @@ const POLICY_KEYS: &[&str] = &[
     "network",
     "allowed_binaries",
     "requires_approval",
+    "limits",
 ];
 
 #[derive(Default)]
@@ -595,6 +596,20 @@ impl Checker {
         }
         if let Some(v) = obj.get("requires_approval") {
             self.boolean("/policy/requires_approval", v);
+        }
+        if let Some(v) = obj.get("limits")
+            && let Some(lim) = self.object("/policy/limits", v)
+        {
+            let keys: Vec<&str> = crate::job::RESOURCE_LIMIT_KEYS
+                .iter()
+                .map(|(k, _, _)| *k)
+                .collect();
+            self.keys("/policy/limits", lim, &keys, &[]);
+            for (k, min, max) in crate::job::RESOURCE_LIMIT_KEYS {
+                if let Some(v) = lim.get(*k) {
+                    self.integer(&format!("/policy/limits/{k}"), v, (*min, *max));
+                }
+            }
         }
     }
 

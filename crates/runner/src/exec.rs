@@ -456,10 +456,9 @@ impl JobRun {
         if !inputs.apply_patches_from.is_empty() {
             let arts = self.arts.clone();
             let work = self.work_dir.clone();
-            let scratch = state_dir.join("handoff");
             let list = inputs.apply_patches_from.clone();
             let applied = tokio::task::spawn_blocking(move || {
-                crate::handoff::apply_patches(&arts, &work, &scratch, &list)
+                crate::handoff::apply_patches(&arts, &work, &list)
             })
             .await?;
             match applied {

@@ -89,16 +89,32 @@ pub fn inputs(job: &Job, index: usize, state: &JobState, arts: &JobArtifacts) ->
 }
 
 /// Applies `patches` (paths relative to the job's artifacts directory) to
-/// `work_dir`, in order. `scratch` is a private directory for the copies git
-/// reads. Returns one log line per patch, or the error that fails the step:
-/// `invalid_patch_path`, `missing_patch` or `patch_apply_failed`.
+/// `work_dir`, in order, with orch's hardened git (`workers::hostgit`).
+/// Returns one log line per patch, or the error that fails the step:
+/// `invalid_patch_path`, `missing_patch`, `patch_apply_failed`, or
+/// `sandbox_violation` when the workspace holds planted git configuration.
 pub fn apply_patches(
     arts: &JobArtifacts,
     work_dir: &Path,
-    scratch: &Path,
     patches: &[String],
 ) -> Result<Vec<String>, ErrorInfo> {
     let mut log = Vec::new();
+    // git configuration planted in the workspace is inert for orch's git,
+    // but it is an attempted escape: the step fails and says so.
+    let planted = workers::hostgit::check_workspace(work_dir);
+    if !planted.is_empty() {
+        let list: Vec<String> = planted.iter().map(ToString::to_string).collect();
+        let mut e = ErrorInfo::new(
+            workers::confine::SANDBOX_VIOLATION,
+            format!(
+                "apply_patches_from: refused to run git in a workspace with planted git configuration: {}",
+                list.join("; ")
+            ),
+        );
+        e.details.insert("refused".into(), json!(list));
+        return Err(e);
+    }
+    let mut git: Option<Result<workers::hostgit::HostGit, workers::exec::ExecError>> = None;
     for (i, rel) in patches.iter().enumerate() {
         let read = match arts.read_file(rel, MAX_PATCH_BYTES) {
             Ok(r) => r,
@@ -147,11 +163,24 @@ pub fn apply_patches(
                 format!("apply_patches_from: {rel} {msg}; refusing to apply it"),
             ));
         }
-        // git reads a private copy: the artifact itself was opened without
-        // following links, and the copy cannot change under git's feet.
-        let copy = scratch.join(format!("apply-{i}.diff"));
-        fsqueue::durable::create_dir_all(scratch)
-            .and_then(|()| fsqueue::durable::write_file(&copy, &read.data))
+        // git reads a private copy in an orch-owned directory outside every
+        // agent-writable tree (a file in the state directory could be a
+        // planted symlink), and runs hardened: see `workers::hostgit`.
+        let git = git.get_or_insert_with(|| workers::hostgit::HostGit::new(work_dir));
+        let git = match git {
+            Ok(g) => g,
+            Err(e) => {
+                return Err(err(
+                    "patch_apply_failed",
+                    rel,
+                    format!(
+                        "apply_patches_from: cannot run git for {rel}: {e}; hint: install git on the runner host"
+                    ),
+                ));
+            }
+        };
+        let copy = git
+            .stage(&format!("apply-{i}.diff"), &read.data)
             .map_err(|e| {
                 err(
                     "patch_apply_failed",
@@ -160,24 +189,19 @@ pub fn apply_patches(
                 )
             })?;
         let c = copy.as_os_str();
-        let already = workers::exec::run_git_confined(
-            &[
+        let already = git
+            .run(&[
                 OsStr::new("apply"),
                 OsStr::new("--check"),
                 OsStr::new("-R"),
                 c,
-            ],
-            work_dir,
-        )
-        .is_ok();
+            ])
+            .is_ok();
         if already {
             log.push(format!("{rel}: already applied, skipped"));
             continue;
         }
-        match workers::exec::run_git_confined(
-            &[OsStr::new("apply"), OsStr::new("--whitespace=nowarn"), c],
-            work_dir,
-        ) {
+        match git.run(&[OsStr::new("apply"), OsStr::new("--whitespace=nowarn"), c]) {
             Ok(_) => log.push(format!("{rel}: applied")),
             Err(e) => {
                 let hint = match &e {
@@ -263,6 +287,61 @@ fn check_one(raw: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An agent ran `git init` in its workspace and configured a filter
+    /// driver (`* filter=x`) and an fsmonitor that touch a marker. On the
+    /// old code `git apply --check -R` ran the filter on the host.
+    #[test]
+    fn planted_git_configuration_never_runs_on_the_host() {
+        let Ok(_) = workers::exec::run_git(&[OsStr::new("--version")], None) else {
+            panic!("git is required for this test (install git)");
+        };
+        let tmp = tempfile::tempdir().expect("tmp");
+        let work = tmp.path().join("work");
+        std::fs::create_dir_all(&work).expect("work");
+        std::fs::write(work.join("a.txt"), "hello\n").expect("a");
+        let marker = tmp.path().join("MARKER");
+        let m = marker.display();
+        workers::exec::run_git(&[OsStr::new("init"), OsStr::new("-q")], Some(&work)).expect("init");
+        std::fs::write(work.join(".gitattributes"), "* filter=x\n").expect("attrs");
+        let cfg = work.join(".git/config");
+        let mut text = std::fs::read_to_string(&cfg).expect("config");
+        text.push_str(&format!(
+            "[filter \"x\"]\n\tclean = \"sh -c 'touch {m}; cat'\"\n\tsmudge = \"sh -c 'touch {m}; cat'\"\n[core]\n\tfsmonitor = touch {m}\n"
+        ));
+        std::fs::write(&cfg, text).expect("plant");
+        let arts = artifacts::ArtifactStore::new(tmp.path().join("a"))
+            .job(&contracts::JobId::parse("job-00000001").expect("id"));
+        std::fs::create_dir_all(arts.dir()).expect("arts");
+        std::fs::write(
+            arts.dir().join("p.diff"),
+            "diff --git a/a.txt b/a.txt\n--- a/a.txt\n+++ b/a.txt\n@@ -1 +1 @@\n-hello\n+bye\n",
+        )
+        .expect("patch");
+        let e = apply_patches(&arts, &work, &["p.diff".to_owned()]).expect_err("refused");
+        assert_eq!(e.code, "sandbox_violation", "{}", e.message);
+        assert!(e.message.contains("filter"), "{}", e.message);
+        assert!(e.message.contains("fsmonitor"), "{}", e.message);
+        assert!(!marker.exists(), "the agent's filter ran on the host");
+        // orch's git ignores the planted configuration even when asked to
+        // work in that workspace: the patch applies, nothing runs.
+        let git = workers::hostgit::HostGit::new(&work).expect("git");
+        let p = git
+            .stage(
+                "p.diff",
+                &std::fs::read(arts.dir().join("p.diff")).expect("read"),
+            )
+            .expect("stage");
+        git.run(&[OsStr::new("apply"), OsStr::new("--check"), p.as_os_str()])
+            .expect("check");
+        git.run(&[OsStr::new("apply"), p.as_os_str()])
+            .expect("apply");
+        assert_eq!(
+            std::fs::read_to_string(work.join("a.txt")).expect("a"),
+            "bye\n"
+        );
+        assert!(!marker.exists(), "the agent's filter ran on the host");
+    }
 
     #[test]
     fn unsafe_patch_paths_are_refused() {

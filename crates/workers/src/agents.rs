@@ -113,6 +113,9 @@ pub struct AgentSpec {
     pub ro_paths: Vec<PathBuf>,
     /// Price table by model (`*` = any model), for token-only CLIs.
     pub prices: BTreeMap<String, Price>,
+    /// Resource limits for this agent's steps (within the operator's
+    /// `SANDBOX_*` maxima; a job can lower them further).
+    pub limits: contracts::ResourceLimits,
 }
 
 impl AgentSpec {
@@ -153,6 +156,7 @@ pub fn builtin() -> Vec<AgentSpec> {
         needs_git,
         ro_paths: Vec::new(),
         prices: BTreeMap::new(),
+        limits: contracts::ResourceLimits::default(),
     };
     vec![
         base(
@@ -220,6 +224,8 @@ struct RawAgent {
     ro_paths: Vec<PathBuf>,
     #[serde(default)]
     prices: BTreeMap<String, Price>,
+    #[serde(default)]
+    limits: Option<contracts::ResourceLimits>,
 }
 
 /// The agents config file, resolved.
@@ -402,6 +408,7 @@ fn validate_all(list: Vec<RawAgent>, path: &Path) -> Result<Vec<AgentSpec>, Agen
             needs_git: r.needs_git.or(base.map(|b| b.needs_git)).unwrap_or(false),
             ro_paths: r.ro_paths.clone(),
             prices: r.prices.clone(),
+            limits: r.limits.or(base.map(|b| b.limits)).unwrap_or_default(),
         };
         let mut spec = spec;
         if spec.binaries.is_empty() {

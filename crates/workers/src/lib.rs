@@ -1,8 +1,9 @@
 //! Agent adapters and what they need around them: the `Worker` interface
 //! and its `Registry`, the simulated agents (the default, SPEC §6), workspace
 //! preparation (`workspace`), per-step diffs (`diff`), the one executor of
-//! child processes (`exec`), the agent sandbox (`sandbox`), and the real
-//! CLI adapters (`real`, `agents`, `output`; SPEC §6, §7).
+//! child processes (`exec`), the agent sandbox (`sandbox`), host-side writes
+//! and git confined against what an agent planted (`confine`, `hostgit`),
+//! and the real CLI adapters (`real`, `agents`, `output`; SPEC §6, §7).
 //!
 //! # Simulation markers
 //!
@@ -29,8 +30,10 @@
 //! `simulated: true`.
 
 pub mod agents;
+pub mod confine;
 pub mod diff;
 pub mod exec;
+pub mod hostgit;
 pub mod output;
 pub mod real;
 pub mod sandbox;

@@ -12,6 +12,7 @@
 //! config; see docs/REAL_CLI_INTEGRATION.md) to provide credentials.
 
 use crate::agents::{self, AgentSpec, AgentsConfigError, PromptMode, READ_ONLY_TOOLS};
+use crate::confine;
 use crate::exec::{self, ExecError, ExecPolicy, ExecSpec, ExitKind};
 use crate::output::{self, FailureClass, Parsed};
 use crate::sandbox::{self, Mounts, Sandbox};
@@ -21,7 +22,6 @@ use contracts::{ErrorInfo, Job, NetworkPolicy, Status};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -146,10 +146,31 @@ impl RealConfig {
                 }
             }
             None => match sandbox::probe(&exec.search_path) {
-                Ok(()) => (Sandbox::builtin(&exec.search_path).ok(), None),
+                Ok(()) => {
+                    let uid = src.get_u64_range(&ev::SANDBOX_UID, 1, u64::from(u32::MAX - 1))?;
+                    let mb = |v: &ev::EnvVar| src.get_u64_range(v, 1, 1 << 30).map(|m| m << 20);
+                    let limits = sandbox::Limits {
+                        address_space: mb(&ev::SANDBOX_MEMORY_MB)?,
+                        processes: src.get_u64_range(&ev::SANDBOX_MAX_PROCESSES, 1, 1 << 22)?,
+                        cpu_seconds: src.get_u64_range(&ev::SANDBOX_CPU_SEC, 0, 1 << 31)?,
+                        tmp_size: mb(&ev::SANDBOX_TMP_MB)?,
+                        workspace_size: mb(&ev::SANDBOX_WORKSPACE_MB)?,
+                        ..sandbox::Limits::default()
+                    };
+                    let uid = u32::try_from(uid).unwrap_or(sandbox::DEFAULT_UID);
+                    match Sandbox::builtin_with(&exec.search_path, uid, limits) {
+                        Ok(s) => (Some(s), None),
+                        Err(e) => (None, Some(e)),
+                    }
+                }
                 Err(e) => (None, Some(e)),
             },
         };
+        if nix::unistd::geteuid().is_root() && src.get_bool(&ev::ENABLE_REAL_CLI)? {
+            tracing::warn!(
+                "the runner runs as root with real agents: agents are started as SANDBOX_UID inside the sandbox, but orch's own host-side code runs as root; run the runner as an unprivileged user"
+            );
+        }
         if sandbox_required && sandbox.is_none() {
             return Err(RealConfigError::SandboxUnavailable(
                 sandbox_problem.unwrap_or_default(),
@@ -324,8 +345,13 @@ impl RealConfig {
     }
 }
 
-/// The per-job state directories and the variables pointing at them.
-fn state_env(state_dir: &Path, sandboxed: bool) -> std::io::Result<Vec<(String, String)>> {
+/// The per-job state directories and the variables pointing at them. The
+/// state directory is agent-writable: each directory is created without
+/// following links ([`confine::mkdirs_beneath`]).
+fn state_env(
+    state_dir: &Path,
+    sandboxed: bool,
+) -> Result<Vec<(String, String)>, confine::ConfineError> {
     let dirs = [
         ("CLAUDE_CONFIG_DIR", "claude"),
         ("CODEX_HOME", "codex"),
@@ -337,12 +363,8 @@ fn state_env(state_dir: &Path, sandboxed: bool) -> std::io::Result<Vec<(String, 
     ];
     let mut env = Vec::new();
     for (var, rel) in dirs {
-        let p = state_dir.join(rel);
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&p)?;
-        let value = p.display().to_string();
+        confine::mkdirs_beneath(state_dir, Path::new(rel), 0o700)?;
+        let value = state_dir.join(rel).display().to_string();
         if var == "ORCH_AGENT_HOME" {
             // The runner's home is not mounted in the sandbox; the agent
             // gets a private one.
@@ -361,37 +383,173 @@ fn state_env(state_dir: &Path, sandboxed: bool) -> std::io::Result<Vec<(String, 
 
 /// Copies the operator's seed directory into a job's state directory once
 /// (regular files and directories only; links are skipped so a seed cannot
-/// point the agent elsewhere). Files get mode 0600.
-fn seed_state(seed: &Path, state_dir: &Path) -> std::io::Result<()> {
-    let marker = state_dir.join(".orch-seeded");
-    if marker.exists() {
-        return Ok(());
+/// point the agent elsewhere). Files get mode 0600. The state directory is
+/// agent-writable, so every write is confined ([`confine::write_beneath`]):
+/// a link planted at a seed path or at the `.orch-seeded` marker is a
+/// violation, never a write through it.
+fn seed_state(seed: &Path, state_dir: &Path) -> Result<(), confine::ConfineError> {
+    let marker = Path::new(".orch-seeded");
+    match confine::kind_beneath(state_dir, marker)? {
+        Some(k) if k == nix::sys::stat::SFlag::S_IFREG => return Ok(()),
+        Some(_) => {
+            return Err(confine::ConfineError::Violation(confine::Violation {
+                path: state_dir.join(marker),
+                what: "is not a regular file".into(),
+            }));
+        }
+        None => {}
     }
+    let io = |op: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source: std::io::Error| confine::ConfineError::Io { op, path, source }
+    };
     for entry in walkdir::WalkDir::new(seed).follow_links(false).min_depth(1) {
-        let entry = entry.map_err(std::io::Error::other)?;
+        let entry = entry.map_err(|e| io("walk", seed)(std::io::Error::other(e)))?;
         let Ok(rel) = entry.path().strip_prefix(seed) else {
             continue;
         };
-        let dest = state_dir.join(rel);
         let ft = entry.file_type();
         if ft.is_dir() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dest)?;
+            confine::mkdirs_beneath(state_dir, rel, 0o700)?;
         } else if ft.is_file() {
-            let data = std::fs::read(entry.path())?;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&dest)?;
-            std::io::Write::write_all(&mut f, &data)?;
+            let data = std::fs::read(entry.path()).map_err(io("read", entry.path()))?;
+            confine::write_beneath(state_dir, rel, &data, 0o600)?;
         }
     }
-    std::fs::write(marker, b"")?;
+    confine::write_beneath(state_dir, marker, b"", 0o600)
+}
+
+/// The outcome of a step refused for what its agent planted.
+fn violation_outcome(found: &[String], logs: &str, elapsed: Duration) -> StepOutcome {
+    let mut e = ErrorInfo::new(
+        confine::SANDBOX_VIOLATION,
+        format!(
+            "the agent planted what orch refuses to act on: {}",
+            found.join("; ")
+        ),
+    );
+    e.details.insert("refused".into(), json!(found));
+    let mut o = StepOutcome::failure(Status::Failed, e);
+    let mut logs = logs.to_owned();
+    for f in found {
+        let _ = writeln!(logs, "[real] refused: {f}");
+    }
+    o.logs = format!("{logs}[real] {}\n", o.summary);
+    o.metrics = base_metrics(elapsed);
+    o
+}
+
+const ROOT_WARNING: &str = "[real] WARNING: the runner runs as root. The agent runs as SANDBOX_UID \
+inside the sandbox, but orch's host-side code (workspace, patches, artifacts) runs as root; \
+run the runner as an unprivileged user.\n";
+
+/// Gives the sandbox uid the job's workspace and state directory (a root
+/// runner starts agents as that uid), never following links. Every
+/// ancestor must be searchable by others, or bubblewrap (running as the
+/// uid) could not bind them.
+fn hand_over(work: &Path, state: &Path, uid: u32) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    for dir in [work, state] {
+        for anc in dir.ancestors().skip(1) {
+            if let Ok(m) = std::fs::metadata(anc)
+                && m.mode() & 0o001 == 0
+                && m.uid() != uid
+            {
+                return Err(format!(
+                    "{} is not searchable by SANDBOX_UID {uid}, so the sandbox cannot reach {}; hint: chmod o+x {} (or place WORKSPACES_ROOT where others can traverse)",
+                    anc.display(),
+                    dir.display(),
+                    anc.display()
+                ));
+            }
+        }
+        confine::chown_tree(dir, uid)
+            .map_err(|e| format!("cannot hand {} to uid {uid}: {e}", dir.display()))?;
+    }
     Ok(())
+}
+
+/// Bytes of disk a tree uses (allocated blocks, so sparse files count what
+/// they really take), links not followed.
+fn disk_usage(root: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.blocks().saturating_mul(512))
+        .sum()
+}
+
+/// How often the workspace-size watchdog measures the workspace.
+const WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Measures `work` every [`WATCH_INTERVAL`] until `stop` fires; when it
+/// holds more than `limit` bytes, records the size in `over` and fires
+/// `stop` (which stops the agent's process group).
+async fn watch_workspace(
+    work: PathBuf,
+    limit: u64,
+    stop: CancellationToken,
+    over: Arc<std::sync::atomic::AtomicU64>,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(WATCH_INTERVAL) => {}
+        }
+        let w = work.clone();
+        let used = tokio::task::spawn_blocking(move || disk_usage(&w))
+            .await
+            .unwrap_or(0);
+        if used > limit {
+            over.store(used, std::sync::atomic::Ordering::SeqCst);
+            stop.cancel();
+            return;
+        }
+    }
+}
+
+/// Which resource limit a failed agent ran into, from its exit signal or
+/// the error messages the limits cause (ENOSPC, ENOMEM, EAGAIN on fork).
+fn resource_hit(exit: ExitKind, stderr: &str) -> Option<(&'static str, &'static str)> {
+    match exit {
+        ExitKind::Signaled(24) => return Some(("cpu", "it used up its CPU time (SIGXCPU)")),
+        ExitKind::Signaled(25) => {
+            return Some(("file_size", "it wrote a file over the size limit (SIGXFSZ)"));
+        }
+        _ => {}
+    }
+    let has = |needles: &[&str]| needles.iter().any(|n| stderr.contains(n));
+    if has(&["File size limit exceeded"]) {
+        return Some(("file_size", "it wrote a file over the size limit"));
+    }
+    if has(&["No space left on device"]) {
+        return Some((
+            "tmp_size",
+            "it filled its /tmp (or the disk): no space left on device",
+        ));
+    }
+    if has(&[
+        "Cannot allocate memory",
+        "MemoryError",
+        "out of memory",
+        "std::bad_alloc",
+        "heap out of memory",
+    ]) {
+        return Some(("memory", "it ran out of memory"));
+    }
+    if has(&[
+        "fork: retry",
+        "Cannot fork",
+        "can't fork",
+        "fork: Resource temporarily unavailable",
+        "BlockingIOError: [Errno 11]",
+    ]) {
+        return Some(("processes", "it could not start more processes"));
+    }
+    None
 }
 
 /// A real agent CLI.
@@ -460,6 +618,9 @@ impl RealAgent {
         };
         let mut env_extra = match state_env(&req.state_dir, sandboxed) {
             Ok(e) => e,
+            Err(confine::ConfineError::Violation(v)) => {
+                return violation_outcome(&[v.to_string()], &logs, t0.elapsed());
+            }
             Err(e) => {
                 return fail(
                     Status::Failed,
@@ -469,19 +630,25 @@ impl RealAgent {
                 );
             }
         };
-        if let Some(seed) = &cfg.state_seed_dir
-            && let Err(e) = seed_state(seed, &req.state_dir)
-        {
-            return fail(
-                Status::Failed,
-                "state_dir",
-                format!(
-                    "cannot seed {} from {}: {e}",
-                    req.state_dir.display(),
-                    seed.display()
-                ),
-                &logs,
-            );
+        if let Some(seed) = &cfg.state_seed_dir {
+            match seed_state(seed, &req.state_dir) {
+                Ok(()) => {}
+                Err(confine::ConfineError::Violation(v)) => {
+                    return violation_outcome(&[v.to_string()], &logs, t0.elapsed());
+                }
+                Err(e) => {
+                    return fail(
+                        Status::Failed,
+                        "state_dir",
+                        format!(
+                            "cannot seed {} from {}: {e}",
+                            req.state_dir.display(),
+                            seed.display()
+                        ),
+                        &logs,
+                    );
+                }
+            }
         }
 
         // The step's access (contracts::access), not the role's wording.
@@ -509,31 +676,38 @@ impl RealAgent {
         values.insert("job_id", req.job_id.to_string());
         let mut stdin = Some(req.prompt.clone().into_bytes());
         if spec.prompt == PromptMode::File {
-            let dir = req.state_dir.join("prompts");
-            let file = dir.join(format!("{}-{}.md", step.step_id, req.attempt));
-            let written = std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .and_then(|()| {
-                    let mut f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .mode(0o600)
-                        .open(&file)?;
-                    std::io::Write::write_all(&mut f, req.prompt.as_bytes())
-                });
-            if let Err(e) = written {
-                return fail(
-                    Status::Failed,
-                    "state_dir",
-                    format!("cannot write the prompt file {}: {e}", file.display()),
-                    &logs,
-                );
+            let rel = PathBuf::from("prompts").join(format!("{}-{}.md", step.step_id, req.attempt));
+            let file = req.state_dir.join(&rel);
+            match confine::write_beneath(&req.state_dir, &rel, req.prompt.as_bytes(), 0o600) {
+                Ok(()) => {}
+                Err(confine::ConfineError::Violation(v)) => {
+                    return violation_outcome(&[v.to_string()], &logs, t0.elapsed());
+                }
+                Err(e) => {
+                    return fail(
+                        Status::Failed,
+                        "state_dir",
+                        format!("cannot write the prompt file {}: {e}", file.display()),
+                        &logs,
+                    );
+                }
             }
             values.insert("prompt_file", file.display().to_string());
             stdin = None;
+        }
+        if nix::unistd::geteuid().is_root() {
+            logs.push_str(ROOT_WARNING);
+        }
+        let limits = sandbox.and_then(Sandbox::limits).map(|l| {
+            l.narrowed(&spec.limits)
+                .narrowed(&req.policy.limits.unwrap_or_default())
+        });
+        if let Some(uid) = sandbox.and_then(Sandbox::host_uid) {
+            // A root runner starts the agent as `uid`: hand it the job's
+            // workspace and state directory (never anything else).
+            if let Err(msg) = hand_over(&req.workdir, &req.state_dir, uid) {
+                return fail(Status::Failed, "sandbox_unavailable", msg, &logs);
+            }
         }
         let argv = agents::expand(&spec.argv, &values);
         env_extra.sort();
@@ -545,12 +719,15 @@ impl RealAgent {
         exec_spec.idle_timeout = cfg.max_idle;
         exec_spec.max_output_chars = cfg.exec.max_output_chars;
         exec_spec.kill_grace = cfg.exec.kill_grace;
-        let network = req.policy.network == NetworkPolicy::Allow || cfg.network_allow;
+        // The stricter of the job's and the runner's policy: a job can make
+        // the sandbox stricter, never wider.
+        let network = req.policy.network == NetworkPolicy::Allow && cfg.network_allow;
         if let Some(sb) = sandbox {
             let mounts = Mounts {
                 rw: vec![req.workdir.clone(), req.state_dir.clone()],
                 ro: spec.ro_paths.clone(),
                 network,
+                limits,
             };
             exec_spec = sb.wrap(&exec_spec, &mounts);
             let _ = writeln!(
@@ -566,10 +743,73 @@ impl RealAgent {
         let names: Vec<&str> = exec_spec.env.iter().map(|(k, _)| k.as_str()).collect();
         let _ = writeln!(logs, "[real] environment: {}", names.join(" "));
 
-        let out = match exec::run(&exec_spec, cancel).await {
+        if let Some(l) = &limits {
+            let _ = writeln!(logs, "[real] limits: {}", l.to_json());
+        }
+        // The workspace-size watchdog: the workspace is on the host's disk,
+        // outside every rlimit but the per-file one.
+        let stop = cancel.child_token();
+        let over = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let watchdog = limits.map(|l| {
+            tokio::spawn(watch_workspace(
+                req.workdir.clone(),
+                l.workspace_size,
+                stop.clone(),
+                over.clone(),
+            ))
+        });
+        let ran = exec::run(&exec_spec, stop.clone()).await;
+        stop.cancel();
+        if let Some(w) = watchdog {
+            let _ = w.await;
+        }
+        let out = match ran {
             Ok(o) => o,
             Err(e) => return fail(Status::Failed, e.code(), e.to_string(), &logs),
         };
+        if let Some(l) = &limits {
+            let mut used = over.load(std::sync::atomic::Ordering::SeqCst);
+            if used == 0 && !cancel.is_cancelled() {
+                let work = req.workdir.clone();
+                used = tokio::task::spawn_blocking(move || disk_usage(&work))
+                    .await
+                    .unwrap_or(0);
+                if used <= l.workspace_size {
+                    used = 0;
+                }
+            }
+            let hit = if used > 0 {
+                Some((
+                    "workspace_size",
+                    format!(
+                        "the workspace grew to {used} bytes, over its limit of {} bytes",
+                        l.workspace_size
+                    ),
+                ))
+            } else if !out.exit.success() && !cancel.is_cancelled() {
+                resource_hit(out.exit, &String::from_utf8_lossy(&out.stderr.bytes))
+                    .map(|(k, why)| (k, why.to_owned()))
+            } else {
+                None
+            };
+            if let Some((kind, why)) = hit {
+                let _ = writeln!(logs, "[real] refused: resource limit {kind}: {why}");
+                tracing::warn!(job_id = %req.job_id, step_id = %step.step_id, limit = kind, "resource limit hit");
+                let mut e = ErrorInfo::new(
+                    "resource_limit",
+                    format!("{} was stopped: {why} (limit {kind})", spec.name),
+                );
+                e.details.insert("limit".into(), json!(kind));
+                e.details.insert("limits".into(), l.to_json());
+                let mut o = StepOutcome::failure(Status::Failed, e);
+                o.logs = format!("{logs}[real] {}\n", o.summary);
+                o.metrics = base_metrics(t0.elapsed());
+                o.metrics.insert("limits".into(), l.to_json());
+                o.raw_stdout = Some(out.stdout.bytes);
+                o.raw_stderr = Some(out.stderr.bytes);
+                return o;
+            }
+        }
         let _ = writeln!(
             logs,
             "[real] {} after {} ms; stdout {} bytes{}, stderr {} bytes{}",
@@ -588,6 +828,26 @@ impl RealAgent {
                 ""
             },
         );
+        // What the agent left where orch acts from the host: links in the
+        // state paths orch opens, git configuration that runs commands,
+        // setuid/setgid files (their bits are cleared).
+        let mut refused: Vec<String> = confine::check_state_dir(&req.state_dir)
+            .iter()
+            .chain(crate::hostgit::check_workspace(&req.workdir).iter())
+            .map(ToString::to_string)
+            .collect();
+        for dir in [&req.workdir, &req.state_dir] {
+            for p in confine::strip_setid(dir) {
+                refused.push(format!("{}: setuid/setgid bits cleared", p.display()));
+            }
+        }
+        if !refused.is_empty() {
+            tracing::warn!(job_id = %req.job_id, step_id = %step.step_id, refused = ?refused, "sandbox violation");
+            let mut o = violation_outcome(&refused, &logs, t0.elapsed());
+            o.raw_stdout = Some(out.stdout.bytes);
+            o.raw_stderr = Some(out.stderr.bytes);
+            return o;
+        }
         let mut parsed = output::parse(spec.format, &out.stdout.for_parsing());
         if out.stdout.truncated {
             // The middle of the transcript is gone: only a result found in
@@ -649,6 +909,9 @@ impl RealAgent {
             metrics.insert("cost_source".into(), json!("agent"));
         }
         metrics.insert("sandboxed".into(), json!(sandbox.is_some()));
+        if let Some(l) = &limits {
+            metrics.insert("limits".into(), l.to_json());
+        }
         outcome.metrics = metrics;
         outcome.raw_stdout = Some(out.stdout.bytes);
         outcome.raw_stderr = Some(out.stderr.bytes);

@@ -160,6 +160,49 @@ fn synthetic(seed: u64) -> Vec<(&'static str, String, String)> {
         pk = ["PRIVATE", " KEY"].concat()
     );
     push("private-key", "key file:\n", pem, "\n");
+    // crypt(3) hashes, `$` split so this file holds none.
+    let crypt = [an.as_str(), "./"].concat();
+    let d = "$";
+    for (id, salt, hash) in [("1", 8, 22), ("5", 16, 43), ("6", 16, 86)] {
+        push(
+            "crypt-hash",
+            "hash: ",
+            format!(
+                "{d}{id}{d}{}{d}{}",
+                g.chars(&crypt, salt),
+                g.chars(&crypt, hash)
+            ),
+            "\n",
+        );
+    }
+    push(
+        "crypt-hash",
+        "hash: ",
+        format!(
+            "{d}y{d}j9T{d}{}{d}{}",
+            g.chars(&crypt, 22),
+            g.chars(&crypt, 43)
+        ),
+        "\n",
+    );
+    push(
+        "crypt-hash",
+        "pw=",
+        format!("{d}2b{d}12{d}{}", g.chars(&crypt, 53)),
+        "\n",
+    );
+    let user = g.chars(LOWER, 6);
+    push(
+        "shadow-entry",
+        "",
+        format!(
+            "{user}:{d}6{d}{}{d}{}:19700:0:99999:7:::",
+            g.chars(&crypt, 16),
+            g.chars(&crypt, 86)
+        ),
+        "",
+    );
+    push("shadow-entry", "", "daemon:*:19700:0:99999:7:::".into(), "");
     let jwt = format!(
         "{}{}.{}{}.{}",
         "ey",

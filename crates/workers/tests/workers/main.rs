@@ -5,6 +5,7 @@
 
 mod diff;
 mod real;
+mod sandbox;
 mod sim;
 mod support;
 mod workspace;

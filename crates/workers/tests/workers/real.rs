@@ -547,12 +547,15 @@ async fn sandbox_probes_fail_and_network_follows_policy() {
         "{p}"
     );
 
+    // Network only when both the runner and the job allow it.
     let cfg = env.config(&[
         ("SANDBOX", "1"),
         ("NETWORK_POLICY", "allow"),
         ("AGENTS_CONFIG", &fakes),
     ]);
-    let o = run(&cfg, &env.request("claude", "reviewer", &prompt, true)).await;
+    let mut req = env.request("claude", "reviewer", &prompt, true);
+    req.policy.network = contracts::NetworkPolicy::Allow;
+    let o = run(&cfg, &req).await;
     assert_eq!(probe_of(&o)["connect"], "ok", "{}", o.logs);
     drop(listener);
 }
@@ -630,7 +633,10 @@ async fn sandboxed_agent_dies_with_its_runner() {
     let parent = exec::spawn(&spec).expect("spawn parent");
     let pid = parent.pid().expect("pid");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !process_with(&token) {
+    // Wait for the agent itself (`sleep <token>`), not only for a launcher
+    // (setpriv, bwrap) carrying the token in its argv: killing the runner
+    // while the launcher is still starting is a different race.
+    while !agent_with(&token) {
         assert!(
             Instant::now() < deadline,
             "the sandboxed agent never started"
@@ -644,6 +650,20 @@ async fn sandboxed_agent_dies_with_its_runner() {
         "the agent outlived its runner by 1 s"
     );
     drop(parent);
+}
+
+/// True when a live `sleep` process has `token` as its argument.
+fn agent_with(token: &str) -> bool {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    rd.flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+            let args: Vec<&[u8]> = c.split(|&b| b == 0).collect();
+            args.first().is_some_and(|a| a.ends_with(b"sleep"))
+                && args.get(1).is_some_and(|a| *a == token.as_bytes())
+        })
+    })
 }
 
 /// True when a live process has `token` as an argument.
