@@ -6,6 +6,7 @@
 //! messages. Every command works directly on the queue and artifacts
 //! directories, so it needs no running daemon.
 
+mod budget;
 mod dev;
 mod doctor;
 mod ops;
@@ -99,6 +100,16 @@ pub enum Cmd {
     Unlock(JobArg),
     /// Reap expired leases and quarantine corrupt queue files now
     Recover {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Today's (UTC) agent calls and cost against the budget limits, per agent and project
+    ///
+    /// Reads the ledger the runners keep in STATE_DB_PATH (see
+    /// docs/BUDGET.md): calls, settled cost, cost reserved by attempts still
+    /// running, refused attempts, and the limits MAX_DAILY_API_CALLS,
+    /// MAX_DAILY_COST_USD and BUDGET_PROJECT_LIMITS.
+    Budget {
         #[arg(long)]
         json: bool,
     },
@@ -258,6 +269,7 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
         Cmd::Retry(j) => ops::act(&Ctx::load()?, j.get(), artifacts::control::Action::Retry),
         Cmd::Unlock(j) => ops::act(&Ctx::load()?, j.get(), artifacts::control::Action::Unlock),
         Cmd::Recover { json } => ops::recover(&Ctx::load()?, json),
+        Cmd::Budget { json } => budget::budget(&Ctx::load()?, json),
         Cmd::Doctor { json } => doctor::doctor(&json),
         Cmd::Dev { bind } => dev::dev(&bind),
         Cmd::Completions { shell } => {

@@ -14,6 +14,7 @@
 //! ```
 
 pub mod claim;
+pub mod clock;
 pub mod commit;
 pub mod durable;
 pub mod lease;

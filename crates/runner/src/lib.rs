@@ -7,6 +7,7 @@
 //! leases of running jobs, notices operator cancel requests and lost leases,
 //! and reaps claims abandoned by dead runners.
 
+pub mod budget;
 pub mod callback;
 pub mod config;
 pub mod exec;
@@ -50,9 +51,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     if registry.is_real() {
         tracing::info!("real agent CLIs enabled (ENABLE_REAL_CLI=1)");
     }
+    let budget = budget::Gate::new(cfg.budget.clone(), &cfg.runner_id, registry.is_real());
     let ctx = Arc::new(Ctx {
         store: artifacts::ArtifactStore::new(&cfg.artifacts_root),
         queue: queue.clone(),
+        budget,
         registry,
         cfg,
         deliveries: callback::Deliveries::default(),
