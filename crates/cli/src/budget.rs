@@ -91,7 +91,7 @@ fn render(r: &Value) -> String {
     if !projects.is_empty() {
         out.push_str(&format!(
             "\n{:<16} {:>7} {:>10} {:>12} {:>12} {:>8}\n",
-            "PROJECT", "CALLS", "MAX_CALLS", "COST", "MAX_COST", "REFUSED"
+            "PROJECT", "CALLS", "LIMIT", "COST", "LIMIT", "REFUSED"
         ));
         for p in projects {
             out.push_str(&format!(

@@ -25,7 +25,7 @@ pub enum Admit {
     Go(Option<Reservation>),
     /// Do not run it: this is the attempt's outcome (not retryable, or
     /// retryable when the ledger is unavailable).
-    Refuse(StepOutcome),
+    Refuse(Box<StepOutcome>),
     /// Do not run it: send the job back to `pending/` until the next UTC day.
     Defer(Deferred),
 }
@@ -118,7 +118,7 @@ impl Gate {
                         e.details.insert("action".into(), json!("fail"));
                         let mut o = StepOutcome::failure(Status::Failed, e);
                         o.logs = "[orch] attempt refused by the budget gate; the agent was not started\n".into();
-                        Admit::Refuse(o)
+                        Admit::Refuse(Box::new(o))
                     }
                     OverBudget::Defer => Admit::Defer(Deferred {
                         until: fsqueue::clock::next_utc_midnight(now),
@@ -143,7 +143,7 @@ impl Gate {
             error = why,
             "budget ledger unavailable; refusing the attempt (retryable)"
         );
-        Admit::Refuse(StepOutcome::failure(
+        Admit::Refuse(Box::new(StepOutcome::failure(
             Status::Retryable,
             ErrorInfo::new(
                 "budget_unavailable",
@@ -151,7 +151,7 @@ impl Gate {
                     "the budget ledger could not be updated, so the attempt was not started: {why}"
                 ),
             ),
-        ))
+        )))
     }
 
     /// Step 3: charges what the attempt cost. The cost counts as known when
@@ -165,10 +165,15 @@ impl Gate {
             outcome.metrics.get("cost_source").and_then(Value::as_str),
             Some("agent" | "price_table")
         );
-        let actual = known
-            .then(|| outcome.metrics.get("cost_usd").and_then(Value::as_f64))
-            .flatten()
-            .map(artifacts::budget::usd_to_micros);
+        let actual = if known {
+            outcome
+                .metrics
+                .get("cost_usd")
+                .and_then(Value::as_f64)
+                .map(artifacts::budget::usd_to_micros)
+        } else {
+            None
+        };
         let guard = slot.lock().unwrap_or_else(|p| p.into_inner());
         let Some(ledger) = guard.as_ref() else { return };
         match ledger.settle(&r, actual) {

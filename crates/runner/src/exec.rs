@@ -519,7 +519,7 @@ impl JobRun {
                 Some(crate::budget::Admit::Go(r)) => r,
                 Some(crate::budget::Admit::Defer(d)) => return Err(Box::new(d)),
                 Some(crate::budget::Admit::Refuse(o)) => {
-                    outcome = o;
+                    outcome = *o;
                     if !outcome.is_retryable() || attempt - base >= max_attempts {
                         break;
                     }
@@ -939,10 +939,7 @@ impl JobRun {
     /// is taken back (it never ran) and the job returns to `pending/` with a
     /// not-before time, so no runner claims it before the UTC day rolls.
     fn defer(&mut self, e: AnyErr) -> Result<JobEnd, AnyErr> {
-        let d = match e.downcast::<crate::budget::Deferred>() {
-            Ok(d) => d,
-            Err(e) => return Err(e),
-        };
+        let d = e.downcast::<crate::budget::Deferred>()?;
         let cur = self.state().current_step.clone();
         if let Some(cur) = cur
             && let Some(s) = self.state().steps.get_mut(&cur)

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// 2030-06-15T12:00:00Z: the injected "today".
-const DAY1_NOON: u64 = 1_907_841_600;
+const DAY1_NOON: u64 = 1_907_755_200;
 
 fn calls(log: &Path) -> usize {
     std::fs::read_to_string(log)

@@ -81,6 +81,9 @@ const NOT_ORCH_KNOBS: &[&str] = &[
     "RUST_BACKTRACE",
     "ANTHROPIC_API_KEY",
     "OPENAI_API_KEY",
+    "CODEX_API_KEY",
+    "GEMINI_API_KEY",
+    "XDG_STATE_HOME",
     "CLAUDE_CONFIG_DIR",
     "CODEX_HOME",
     "XDG_CONFIG_HOME",
@@ -118,8 +121,10 @@ fn knob_like(text: &str) -> BTreeSet<String> {
     let mut i = 0;
     while i < b.len() {
         let word = |c: u8| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_';
+        // `<JOB_ID>` and `[JOB_ID]` are clap's value names, not knobs.
         let starts = b[i].is_ascii_uppercase()
-            && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_'));
+            && (i == 0
+                || !(b[i - 1].is_ascii_alphanumeric() || matches!(b[i - 1], b'_' | b'<' | b'[')));
         if !starts {
             i += 1;
             continue;
@@ -131,7 +136,9 @@ fn knob_like(text: &str) -> BTreeSet<String> {
         // A run followed by a lowercase letter is part of a longer
         // identifier (`O_NOFOLLOWx`), not a name; one followed by `*` is a
         // family (`WEBHOOK_RATE_LIMIT_*`).
-        let clean_end = j == b.len() || !(b[j].is_ascii_lowercase() || b[j] == b'*');
+        // One followed by `.md` is a file name (`docs/ADD_AGENT.md`).
+        let file_ext = b.get(j) == Some(&b'.') && b.get(j + 1).is_some_and(u8::is_ascii_lowercase);
+        let clean_end = !file_ext && (j == b.len() || !(b[j].is_ascii_lowercase() || b[j] == b'*'));
         let w = &text[i..j];
         let w = w.trim_end_matches('_');
         if clean_end && w.len() >= 4 && w.contains('_') {
@@ -147,7 +154,7 @@ fn knob_like(text: &str) -> BTreeSet<String> {
 fn foreign(name: &str) -> bool {
     const PREFIXES: &[&str] = &[
         "O_", "RENAME_", "IN_", "CAP_", "PR_", "CLONE_", "AT_", "S_I", "CLOCK_", "MS_", "X_",
-        "FS_", "SQLITE_",
+        "FS_", "SQLITE_", "AF_",
     ];
     NOT_ORCH_KNOBS.contains(&name)
         || PREFIXES
@@ -241,7 +248,7 @@ fn every_documented_knob_is_registered_and_every_registered_one_is_read() {
         }
         let readers: Vec<&std::path::PathBuf> = sources
             .iter()
-            .filter(|(p, t)| *p != registry && knob_like(t).contains(var.name))
+            .filter(|(p, t)| *p != registry && has_word(t, var.name))
             .map(|(p, _)| p)
             .collect();
         let read = match readers.as_slice() {
@@ -274,6 +281,15 @@ fn every_documented_knob_is_registered_and_every_registered_one_is_read() {
     );
 }
 
+/// Whether `name` occurs in `text` as a whole word.
+fn has_word(text: &str, name: &str) -> bool {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    text.match_indices(name).any(|(i, _)| {
+        !text[..i].chars().next_back().is_some_and(ident)
+            && !text[i + name.len()..].chars().next().is_some_and(ident)
+    })
+}
+
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {
@@ -289,7 +305,9 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn knob_like_words_are_found_whole() {
-    let t = "Set `MAX_DAILY_API_CALLS=3` and O_NOFOLLOW; not Foo_BAR, README, RATE_* or X_Yz.";
+    let t = "Set `MAX_DAILY_API_CALLS=3` and O_NOFOLLOW; not Foo_BAR, README, RATE_*, ADD_AGENT.md, <JOB_ID> or X_Yz.";
     let got: Vec<String> = knob_like(t).into_iter().collect();
     assert_eq!(got, ["MAX_DAILY_API_CALLS", "O_NOFOLLOW"]);
+    assert!(has_word("env.get_bool(&ev::SANDBOX)?", "SANDBOX"));
+    assert!(!has_word("SANDBOX_WRAPPER", "SANDBOX"));
 }

@@ -1248,7 +1248,7 @@ async fn health_and_metrics_report_the_budget_ledger_not_just_the_limits() {
     // 2030-06-15T12:00:00Z, injected so the ledger's day is known.
     let dir = tempfile::tempdir().unwrap();
     let clock = dir.path().join("now");
-    std::fs::write(&clock, "1907841600").unwrap();
+    std::fs::write(&clock, "1907755200").unwrap();
     let clock = clock.to_str().unwrap().to_owned();
     let gw = Gateway::start_in(
         dir,
@@ -1268,9 +1268,10 @@ async fn health_and_metrics_report_the_budget_ledger_not_just_the_limits() {
 
     // Two calls (one settled at $0.0421), then a refusal, as runners would.
     let db = gw.path("var/state.db");
-    let mut cfg = BudgetConfig::resolve(&contracts::env::EnvSource::from_pairs([
-        ("MAX_DAILY_API_CALLS", "2"),
-    ]))
+    let mut cfg = BudgetConfig::resolve(&contracts::env::EnvSource::from_pairs([(
+        "MAX_DAILY_API_CALLS",
+        "2",
+    )]))
     .unwrap();
     cfg.db_path = db.clone();
     let ledger = Ledger::open(&db).unwrap();
@@ -1281,7 +1282,7 @@ async fn health_and_metrics_report_the_budget_ledger_not_just_the_limits() {
         step_id: "01_plan",
         attempt: 1,
         runner_id: "r1",
-        now: 1_907_841_600,
+        now: 1_907_755_200,
     };
     let Decision::Granted(r) = ledger.reserve(&cfg, &charge).unwrap() else {
         panic!("refused")
@@ -1308,9 +1309,15 @@ async fn health_and_metrics_report_the_budget_ledger_not_just_the_limits() {
     assert_eq!(b["refused"], 1);
     assert_eq!(b["exceeded"], true);
     assert_eq!(b["ledger_present"], true);
-    assert!((b["cost_usd"].as_f64().unwrap() - 0.0421).abs() < 1e-9, "{b:#}");
+    assert!(
+        (b["cost_usd"].as_f64().unwrap() - 0.0421).abs() < 1e-9,
+        "{b:#}"
+    );
     // The second call is still running: its default estimate is reserved.
-    assert!((b["reserved_usd"].as_f64().unwrap() - 0.10).abs() < 1e-9, "{b:#}");
+    assert!(
+        (b["reserved_usd"].as_f64().unwrap() - 0.10).abs() < 1e-9,
+        "{b:#}"
+    );
 
     let text = String::from_utf8(gw.get("/metrics", None).await.body).unwrap();
     for needle in [
