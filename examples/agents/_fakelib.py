@@ -5,6 +5,7 @@ prompt (read from stdin), e.g. `[fake:rate_limit]`, or with FAKE_AGENT_MODE.
 
 Scenarios: success (default), error, rate_limit, array (claude), huge,
 crash, no_result, max_turns (claude), sleep, probe.
+FAKE_CALL_LOG=FILE appends one line per call to FILE.
 `[fake:huge=N]` makes the final message N bytes long (default 10 MB) on one
 line. `[probe-port:N]` and `[probe-path:/x]` parametrise the probe.
 """
@@ -18,6 +19,13 @@ import time
 
 def read_prompt():
     data = sys.stdin.read()
+    # FAKE_CALL_LOG: one line per agent call (not per --version probe), so
+    # tests can count the calls that really happened. O_APPEND keeps
+    # concurrent lines whole.
+    log = os.environ.get("FAKE_CALL_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write("%s %d\n" % (os.path.basename(sys.argv[0]), os.getpid()))
     return data
 
 

@@ -26,6 +26,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod budget;
 pub mod control;
 mod error;
 pub mod layout;

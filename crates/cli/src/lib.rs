@@ -6,6 +6,7 @@
 //! messages. Every command works directly on the queue and artifacts
 //! directories, so it needs no running daemon.
 
+mod budget;
 mod dev;
 mod doctor;
 mod health;
@@ -108,6 +109,16 @@ pub enum Cmd {
     Schedules(SchedulesArgs),
     /// Reap expired leases, quarantine corrupt queue files and clear what dead processes left, now
     Recover {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Today's (UTC) agent calls and cost against the budget limits, per agent and project
+    ///
+    /// Reads the ledger the runners keep in STATE_DB_PATH (see
+    /// docs/BUDGET.md): calls, settled cost, cost reserved by attempts still
+    /// running, refused attempts, and the limits MAX_DAILY_API_CALLS,
+    /// MAX_DAILY_COST_USD and BUDGET_PROJECT_LIMITS.
+    Budget {
         #[arg(long)]
         json: bool,
     },
@@ -318,6 +329,7 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
             }
         },
         Cmd::Recover { json } => ops::recover(&Ctx::load()?, json),
+        Cmd::Budget { json } => budget::budget(&Ctx::load()?, json),
         Cmd::Doctor { json } => doctor::doctor(&json),
         Cmd::Dev { bind } => dev::dev(bind.as_deref()),
         Cmd::Health {

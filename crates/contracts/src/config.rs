@@ -151,6 +151,7 @@ pub fn check_all(src: &EnvSource) -> Result<(), Vec<ConfigError>> {
         }
         let r = match var.default {
             "0" | "1" if is_flag(var) => src.get_bool(var).map(drop),
+            _ if is_amount(var) => src.get_f64_range(var, 0.0, f64::MAX).map(drop),
             d if !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()) => {
                 src.get_u64_range(var, 0, u64::MAX).map(drop)
             }
@@ -167,6 +168,12 @@ pub fn check_all(src: &EnvSource) -> Result<(), Vec<ConfigError>> {
         errs.push(e);
     }
     if errs.is_empty() { Ok(()) } else { Err(errs) }
+}
+
+/// Amounts in USD (fractions allowed) among the variables whose default
+/// looks like a whole number.
+fn is_amount(var: &EnvVar) -> bool {
+    matches!(var.name, "MAX_DAILY_COST_USD" | "BUDGET_ESTIMATE_USD")
 }
 
 /// Boolean switches among the variables whose default is 0 or 1.
@@ -310,6 +317,9 @@ mod tests {
     #[test]
     fn check_all_names_the_variable() {
         assert!(check_all(&src(&[("RUNNER_LEASE_SEC", "30")])).is_ok());
+        // A fractional amount is a valid cost limit (doctor once called it
+        // an invalid whole number).
+        assert!(check_all(&src(&[("MAX_DAILY_COST_USD", "2.5")])).is_ok());
         let errs =
             check_all(&src(&[("RUNNER_LEASE_SEC", "soon"), ("SANDBOX", "maybe")])).unwrap_err();
         let subjects: Vec<String> = errs.iter().map(|e| e.subject()).collect();

@@ -52,7 +52,7 @@ env_vars! {
     WORKSPACES_ROOT = ("workspaces", "runner, scheduler, orch", "Root of per-job workspaces; `<job_id>/work` is the agents' working directory.");
     WORKSPACE_MAX_BYTES = ("2147483648", "runner", "Cap on the bytes of regular files a job's workspace copy (or clone) of its `workdir` may hold; past it the job fails with an error naming this variable (2 GiB).");
     WORKSPACE_MAX_FILES = ("100000", "runner", "Cap on the entries (files, directories, links) of a job's workspace copy (or clone); past it the job fails with an error naming this variable.");
-    STATE_DB_PATH = ("var/state.db", "runner, gateway, orch", "SQLite database of the budget ledger (WAL mode).");
+    STATE_DB_PATH = ("var/state.db", "runner, gateway, orch", "SQLite database of the budget ledger (WAL mode), created by the first real agent attempt; keep it on a local filesystem of the runners' host, never on NFS (see docs/BUDGET.md).");
     SCHEDULES_DIR = ("schedules", "scheduler, gateway, orch", "Directory of schedule files (`*.json`, format of `examples/schedules/nightly.json`), reread on change; a bad file is reported (log, metric, `orch schedules`) and skipped while the others keep firing.");
     PROMPTS_DIR = ("", "all", "Directory of operator-edited prompts: `01_plan.md`, `02_implement.md`, `03_review.md` replace the embedded default-pipeline templates (`{goal}` is substituted) and `roles/<role>.md` replaces the system prompt of a role; unset uses the embedded ones.");
     METRICS_DIR = ("var/metrics", "all", "Directory where processes without HTTP publish Prometheus text files, served by the gateway's `/metrics`.");
@@ -111,9 +111,12 @@ env_vars! {
     NON_GIT_WORKDIR_STATUS = ("needs_human", "runner", "Status of a step that needs a git workspace but has none: `needs_human` or `failed`.");
     SECRETS_POLICY = ("fail", "runner", "When a step's artifacts contain secrets (always redacted): `fail` the step or only `redact`.");
     // Budget.
-    MAX_DAILY_API_CALLS = ("0", "runner, gateway, orch", "Agent API calls allowed per UTC day; 0 = no limit.");
-    MAX_DAILY_COST_USD = ("0", "runner, gateway, orch", "Agent cost in USD allowed per UTC day; 0 = no limit.");
-    BUDGET_EXCEEDED_ACTION = ("fail", "runner", "What an over-budget attempt does: `fail` (error `budget_exceeded`) or `defer` (back to pending until the UTC day rolls).");
+    MAX_DAILY_API_CALLS = ("0", "runner, gateway, orch", "Real agent attempts (agent CLI runs) allowed per UTC day across every runner sharing `STATE_DB_PATH`; each is reserved before it starts, so the limit is never overshot; 0 = no limit. Simulated steps are not counted.");
+    MAX_DAILY_COST_USD = ("0", "runner, gateway, orch", "Agent cost in USD allowed per UTC day (0 = no limit, up to 1e9). An attempt starts only if spent + reserved + its estimate fits; it settles with the cost the agent reported. See docs/BUDGET.md for how far concurrent attempts can overshoot.");
+    BUDGET_PROJECT_LIMITS = ("", "runner, gateway, orch", "Per-project daily limits on top of the global ones, `project=CALLS/USD,...` (e.g. `web=100/5.00,docs=0/2.5`; 0 = no limit for that part).");
+    BUDGET_ESTIMATE_USD = ("0.10", "runner, gateway, orch", "Cost reserved for one attempt of an agent without its own estimate, until its real cost is known; charged in full when the agent reports no cost.");
+    BUDGET_AGENT_ESTIMATES = ("", "runner, gateway, orch", "Per-agent cost estimates in USD, `agent=USD,...` (e.g. `claude=0.50,codex=0.20`), overriding `BUDGET_ESTIMATE_USD`.");
+    BUDGET_EXCEEDED_ACTION = ("fail", "runner, gateway, orch", "What an over-budget attempt does: `fail` (the job fails with error `budget_exceeded`, never retried) or `defer` (the job goes back to `pending/` and is not claimed before the next UTC day).");
     // Retention.
     RETENTION_INTERVAL_SEC = ("300", "scheduler", "Seconds between retention sweeps; 0 turns retention off.");
     ARTIFACTS_TTL_SEC = ("604800", "scheduler", "Age after which artifacts of terminal jobs are deleted (7 days).");
@@ -126,6 +129,8 @@ env_vars! {
     WATCHDOG_PID = ("", "gateway, runner, scheduler", "Set by systemd: the process `WATCHDOG_USEC` is meant for; another process ignores it.");
     LOG_LEVEL = ("info", "all", "Log level (`error`, `warn`, `info`, `debug`, `trace`); `RUST_LOG` overrides it with full filter syntax.");
     LOG_JSON = ("0", "all", "Log JSON lines (1) instead of the human format (0).");
+    // Tests.
+    ORCH_TEST_CLOCK_FILE = ("", "runner, gateway, orch", "For tests only: a file holding the current time as Unix seconds, read on every use instead of the system clock for calendar decisions (the budget's UTC day, deferred jobs' not-before time); leases and timeouts keep the real clock. Never set it in production.");
 }
 
 /// Looks a variable up by name.
@@ -574,8 +579,10 @@ mod tests {
             src.get_u64_range(v, 0, u64::MAX)
                 .unwrap_or_else(|e| panic!("{e}"));
         }
-        src.get_f64_range(&MAX_DAILY_COST_USD, 0.0, f64::MAX)
-            .unwrap_or_else(|e| panic!("{e}"));
+        for v in [&MAX_DAILY_COST_USD, &BUDGET_ESTIMATE_USD] {
+            src.get_f64_range(v, 0.0, f64::MAX)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
         assert_eq!(
             src.get_enum(&NETWORK_POLICY, &["deny", "allow"]).ok(),
             Some("deny")

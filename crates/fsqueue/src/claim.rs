@@ -11,6 +11,12 @@
 //! wakes an idle runner within milliseconds and an idle runner costs no CPU);
 //! a periodic full rescan is the source of truth, because inotify can
 //! overflow and says nothing about renames made on other hosts.
+//!
+//! A name carrying a not-before time that has not come yet (a job deferred
+//! by the budget gate) moves from the index into a second set ordered by
+//! that time; it comes back when due, and [`Claimer::wait`] sleeps no longer
+//! than until the earliest one. So a queue holding only deferred jobs costs
+//! a sleeping runner nothing, and no such file is ever touched early.
 
 use crate::durable::{self, DurableError};
 use crate::name::Entry;
@@ -30,6 +36,8 @@ pub const RESCAN_INTERVAL: Duration = Duration::from_secs(5);
 #[derive(Default)]
 struct Inner {
     names: BTreeSet<String>,
+    /// Names not due yet, by not-before time (Unix seconds).
+    deferred: BTreeSet<(u64, String)>,
     last_scan: Option<Instant>,
     /// Set when notifications may have been lost (overflow, no watch).
     dirty: bool,
@@ -45,6 +53,27 @@ impl Index {
         // Every mutation is a single insert/remove/replace, so a panic while
         // holding the lock cannot leave the set half-updated: ignore poison.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Inner {
+    /// Moves deferred names whose time has come back into the index.
+    fn promote_due(&mut self, now: u64) {
+        while let Some(first) = self.deferred.first() {
+            if first.0 > now {
+                break;
+            }
+            if let Some((_, name)) = self.deferred.pop_first() {
+                self.names.insert(name);
+            }
+        }
+    }
+
+    fn forget(&mut self, name: &str) {
+        self.names.remove(name);
+        if let Some(t) = Entry::parse(name).and_then(|e| e.not_before) {
+            self.deferred.remove(&(t, name.to_owned()));
+        }
     }
 }
 
@@ -123,6 +152,7 @@ impl Claimer {
             .collect();
         let mut inner = self.index.lock();
         inner.names = names;
+        inner.deferred.clear();
         inner.last_scan = Some(Instant::now());
         inner.dirty = false;
         Ok(())
@@ -140,9 +170,10 @@ impl Claimer {
     }
 
     /// Number of names currently in the index (what this claimer believes
-    /// is pending).
+    /// is pending), deferred ones included.
     pub fn indexed(&self) -> usize {
-        self.index.lock().names.len()
+        let inner = self.index.lock();
+        inner.names.len() + inner.deferred.len()
     }
 
     /// Leaves `job_id` to other claimers for `period` (a runner that cannot
@@ -173,8 +204,14 @@ impl Claimer {
         self.rescan_if_due()?;
         // Names passed over go back into the index when this call returns.
         let mut skipped = Skipped(&self.index, Vec::new());
+        let now = crate::clock::now_unix();
         loop {
-            let Some(name) = self.index.lock().names.pop_first() else {
+            let next = {
+                let mut inner = self.index.lock();
+                inner.promote_due(now);
+                inner.names.pop_first()
+            };
+            let Some(name) = next else {
                 return Ok(None);
             };
             let from = self.queue.dir(State::Pending).join(&name);
@@ -186,6 +223,10 @@ impl Claimer {
                 }
                 continue;
             };
+            if let Some(t) = entry.not_before.filter(|_| !entry.is_due(now)) {
+                self.index.lock().deferred.insert((t, name));
+                continue;
+            }
             if self.is_passed_over(&entry.job_id) {
                 skipped.1.push(name);
                 continue;
@@ -229,14 +270,20 @@ impl Claimer {
         }
     }
 
-    /// Waits until `pending/` may have changed: a notification, or the
-    /// rescan interval (shorter when notifications are unavailable).
+    /// Waits until `pending/` may have changed: a notification, the
+    /// rescan interval (shorter when notifications are unavailable), or the
+    /// moment the earliest deferred job becomes due.
     pub async fn wait(&self) {
-        let timeout = if self.watching {
+        let mut timeout = if self.watching {
             RESCAN_INTERVAL
         } else {
             Duration::from_millis(500)
         };
+        let earliest = self.index.lock().deferred.first().map(|(t, _)| *t);
+        if let Some(t) = earliest {
+            let left = Duration::from_secs(t.saturating_sub(crate::clock::now_unix()));
+            timeout = timeout.min(left);
+        }
         let _ = tokio::time::timeout(timeout, self.index.notify.notified()).await;
     }
 
@@ -339,7 +386,7 @@ fn spawn_watch(queue: &Queue, index: Weak<Index>) -> io::Result<tokio::task::Joi
                         inner.names.insert(name);
                         added = true;
                     } else {
-                        inner.names.remove(&name);
+                        inner.forget(&name);
                     }
                 }
             }

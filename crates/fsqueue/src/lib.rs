@@ -16,6 +16,7 @@
 //! ```
 
 pub mod claim;
+pub mod clock;
 pub mod commit;
 pub mod control;
 pub mod durable;

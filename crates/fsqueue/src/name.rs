@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! {prio}-{seq}-{job_id}~{attempt}.{reaps}.json              pending, awaiting_approval, done, failed
+//! {prio}-{seq}-{job_id}~{attempt}.{reaps}+{not_before}.json pending, deferred
 //! {prio}-{seq}-{job_id}~{attempt}.{reaps}@{runner}.json     running
 //! ```
 //!
@@ -17,6 +18,10 @@
 //! * `reaps` counts how many times an expired lease sent the job back; past
 //!   `RUNNER_MAX_RECLAIMS` the job is failed instead (a poison job never loops).
 //! * `runner` is the claiming runner's id (`[A-Za-z0-9_-]{1,64}`).
+//! * `not_before` (Unix seconds) marks a pending job that must not be
+//!   claimed before that time (a job deferred by the budget gate until the
+//!   UTC day rolls over). Claimers skip it without reading the file; a
+//!   claim, and every move out of `pending/`, drops it.
 
 use std::fmt;
 
@@ -29,7 +34,12 @@ pub struct Entry {
     pub attempt: u32,
     pub reaps: u32,
     pub runner: Option<String>,
+    /// Not to be claimed before this time (Unix seconds); pending only.
+    pub not_before: Option<u64>,
 }
+
+/// Largest `not_before` accepted in a name (12 digits: year 33658).
+const MAX_NOT_BEFORE: u64 = 999_999_999_999;
 
 pub const DEFAULT_PRIO: u8 = 5;
 
@@ -42,6 +52,7 @@ impl Entry {
             attempt: 0,
             reaps: 0,
             runner: None,
+            not_before: None,
         }
     }
 
@@ -51,10 +62,16 @@ impl Entry {
     }
 
     pub fn file_name(&self) -> String {
-        match &self.runner {
-            Some(r) => format!("{}~{}.{}@{}.json", self.key(), self.attempt, self.reaps, r),
-            None => format!("{}~{}.{}.json", self.key(), self.attempt, self.reaps),
+        let mut name = format!("{}~{}.{}", self.key(), self.attempt, self.reaps);
+        if let Some(t) = self.not_before {
+            name.push_str(&format!("+{}", t.min(MAX_NOT_BEFORE)));
         }
+        if let Some(r) = &self.runner {
+            name.push('@');
+            name.push_str(r);
+        }
+        name.push_str(".json");
+        name
     }
 
     /// The same entry, claimed by `runner`: attempt + 1.
@@ -62,16 +79,33 @@ impl Entry {
         Self {
             attempt: self.attempt.saturating_add(1),
             runner: Some(runner.to_owned()),
+            not_before: None,
             ..self.clone()
         }
     }
 
-    /// The same entry without an owner (for moves out of `running/`).
+    /// The same entry without an owner (for moves out of `running/`, and
+    /// operator transitions); a not-before mark is dropped too.
     pub fn unowned(&self) -> Self {
         Self {
             runner: None,
+            not_before: None,
             ..self.clone()
         }
+    }
+
+    /// The same entry without an owner, for `pending/`, not to be claimed
+    /// before `unix_secs`.
+    pub fn deferred_until(&self, unix_secs: u64) -> Self {
+        Self {
+            not_before: Some(unix_secs.min(MAX_NOT_BEFORE)),
+            ..self.unowned()
+        }
+    }
+
+    /// Whether the entry may be claimed at `now_unix_secs`.
+    pub fn is_due(&self, now_unix_secs: u64) -> bool {
+        self.not_before.is_none_or(|t| t <= now_unix_secs)
     }
 
     /// Parses a queue file name. Returns `None` for anything that is not
@@ -82,6 +116,15 @@ impl Entry {
             Some((m, r)) if is_valid_runner_id(r) => (m, Some(r.to_owned())),
             Some(_) => return None,
             None => (stem, None),
+        };
+        let (main, not_before) = match main.rsplit_once('+') {
+            Some((m, t)) => {
+                if t.is_empty() || t.len() > 12 || !t.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                (m, Some(t.parse().ok()?))
+            }
+            None => (main, None),
         };
         let (key, counters) = main.rsplit_once('~')?;
         let (attempt, reaps) = counters.split_once('.')?;
@@ -101,6 +144,7 @@ impl Entry {
             attempt,
             reaps,
             runner,
+            not_before,
         })
     }
 }
@@ -201,6 +245,27 @@ mod tests {
     }
 
     #[test]
+    fn not_before_roundtrips_and_is_dropped_by_claims_and_moves() {
+        let e = Entry::new(5, 1_732_233_552_123_456_789, "job-aaaaaaaa").claimed_by("r1");
+        let d = e.deferred_until(1_767_225_600);
+        assert_eq!(
+            d.file_name(),
+            "5-1732233552123456789-job-aaaaaaaa~1.0+1767225600.json"
+        );
+        assert_eq!(Entry::parse(&d.file_name()), Some(d.clone()));
+        assert!(!d.is_due(1_767_225_599));
+        assert!(d.is_due(1_767_225_600));
+        assert!(e.is_due(0));
+        let c = d.claimed_by("r2");
+        assert_eq!(c.not_before, None);
+        assert_eq!(c.attempt, 2);
+        assert_eq!(d.unowned().not_before, None);
+        // Huge values are clamped, never a name that fails to parse.
+        let far = e.deferred_until(u64::MAX);
+        assert_eq!(Entry::parse(&far.file_name()), Some(far));
+    }
+
+    #[test]
     fn fifo_by_name() {
         let a = Entry::new(5, 9, "job-aaaaaaaa").file_name();
         let b = Entry::new(5, 10, "job-aaaaaaaa").file_name();
@@ -225,6 +290,11 @@ mod tests {
             "5-1732233552123456789-abcdefgh~0.0",
             "5-1732233552123456789-abcdefgh~99999999999.0.json",
             "5-1732233552123456789-abcdefgh.json",
+            "5-1732233552123456789-abcdefgh~0.0+.json",
+            "5-1732233552123456789-abcdefgh~0.0+12x.json",
+            "5-1732233552123456789-abcdefgh~0.0+-5.json",
+            "5-1732233552123456789-abcdefgh~0.0+9999999999999.json",
+            "5-1732233552123456789-abcdefgh+5~0.0.json",
         ] {
             assert_eq!(Entry::parse(n), None, "{n:?}");
         }

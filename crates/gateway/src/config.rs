@@ -60,7 +60,6 @@ pub struct Config {
     pub queue_root: PathBuf,
     pub artifacts_root: PathBuf,
     pub metrics_dir: PathBuf,
-    pub state_db_path: PathBuf,
     /// `SCHEDULES_DIR`, shown read-only by `GET /schedules`.
     pub schedules_dir: PathBuf,
     pub tokens: TokenSet,
@@ -83,8 +82,8 @@ pub struct Config {
     pub project_ids: Vec<String>,
     pub known_agents: Vec<String>,
     pub prompts_dir: Option<PathBuf>,
-    pub max_daily_api_calls: u64,
-    pub max_daily_cost_usd: f64,
+    /// The budget limits and ledger path, for `/health` and `/metrics`.
+    pub budget: artifacts::budget::BudgetConfig,
     /// Started by `orch dev` (`ORCH_DEV=1`): the dev token is expected.
     pub dev_mode: bool,
 }
@@ -193,7 +192,6 @@ impl Config {
             queue_root: path_of(&args.queue_root, env, &ev::QUEUE_ROOT)?,
             artifacts_root: path_of(&args.artifacts_root, env, &ev::ARTIFACTS_ROOT)?,
             metrics_dir: path_of(&args.metrics_dir, env, &ev::METRICS_DIR)?,
-            state_db_path: path_of(&None, env, &ev::STATE_DB_PATH)?,
             schedules_dir: path_of(&None, env, &ev::SCHEDULES_DIR)?,
             tokens,
             rate_window: Duration::from_secs(env.get_u64_range(
@@ -244,8 +242,10 @@ impl Config {
             project_ids,
             known_agents,
             prompts_dir,
-            max_daily_api_calls: env.get_u64_range(&ev::MAX_DAILY_API_CALLS, 0, u64::MAX)?,
-            max_daily_cost_usd: env.get_f64_range(&ev::MAX_DAILY_COST_USD, 0.0, f64::MAX)?,
+            budget: {
+                artifacts::budget::install_test_clock(env)?;
+                artifacts::budget::BudgetConfig::resolve(env)?
+            },
             // Not in the contracts registry yet: set only by `orch dev`.
             dev_mode: env.raw("ORCH_DEV").is_some_and(|v| v.trim() == "1"),
         })

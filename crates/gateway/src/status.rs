@@ -12,6 +12,7 @@
 use crate::app::App;
 use crate::http::{ApiError, Body, bytes_response};
 use crate::promtext::{Families, escape_label};
+use artifacts::budget::{self, Ledger, UsageRow};
 use fsqueue::State;
 use fsqueue::lease::Liveness;
 use hyper::body::Bytes;
@@ -33,6 +34,9 @@ const MAX_PROM_BYTES: u64 = 4 * 1024 * 1024;
 
 /// One look at the system.
 pub struct Snapshot {
+    /// Today's budget report and the all-time totals per agent, or why the
+    /// ledger could not be read.
+    pub budget: Result<(Value, Vec<UsageRow>), String>,
     pub depths: Vec<(State, Option<usize>)>,
     pub runners: Vec<(String, Liveness)>,
     pub disk_free: Option<u64>,
@@ -109,6 +113,15 @@ fn take_snapshot(app: &App) -> Snapshot {
     if nearly_full {
         checks.push(json!({ "check": "disk", "ok": false, "message": "the disk holding the queue is nearly full" }));
     }
+    let budget = read_budget(app);
+    let budget_json = match &budget {
+        Ok((report, _)) => report.clone(),
+        Err(e) => json!({
+            "limited": cfg.budget.limited(),
+            "ledger": cfg.budget.db_path.display().to_string(),
+            "error": e,
+        }),
+    };
     let runners_json: Vec<Value> = runners_raw
         .iter()
         .map(|(id, live, doc)| {
@@ -140,21 +153,109 @@ fn take_snapshot(app: &App) -> Snapshot {
         "disk": disk.map(|(free, total)| json!({
             "free_bytes": free, "total_bytes": total, "nearly_full": nearly_full,
         })),
-        "budget": {
-            "max_daily_api_calls": cfg.max_daily_api_calls,
-            "max_daily_cost_usd": cfg.max_daily_cost_usd,
-            "limited": cfg.max_daily_api_calls > 0 || cfg.max_daily_cost_usd > 0.0,
-            "ledger_present": cfg.state_db_path.is_file(),
-        },
+        "budget": budget_json,
         "checks": checks,
     });
     Snapshot {
+        budget,
         depths,
         runners: runners_raw.into_iter().map(|(id, l, _)| (id, l)).collect(),
         disk_free: disk.map(|d| d.0),
         healthy,
         health_body: Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
     }
+}
+
+/// Today's budget report plus the all-time totals per agent. The ledger is
+/// opened per snapshot (at most once a second) and never created here.
+fn read_budget(app: &App) -> Result<(Value, Vec<UsageRow>), String> {
+    let cfg = &app.cfg.budget;
+    let day = budget::utc_day(fsqueue::clock::now_unix());
+    match Ledger::open_if_exists(&cfg.db_path).map_err(|e| e.to_string())? {
+        Some(l) => {
+            let today = l.day(&day).map_err(|e| e.to_string())?;
+            let all = l.all_time().map_err(|e| e.to_string())?;
+            Ok((budget::report(cfg, &day, &today, true), all))
+        }
+        None => Ok((budget::report(cfg, &day, &[], false), Vec::new())),
+    }
+}
+
+/// The budget's metric families: all-time counters per agent, today's
+/// gauges, and the limits.
+fn budget_metrics(s: &Snapshot, out: &mut String) {
+    let Ok((report, all)) = &s.budget else {
+        out.push_str("# HELP orch_budget_ledger_up Whether the budget ledger could be read.\n# TYPE orch_budget_ledger_up gauge\norch_budget_ledger_up 0\n");
+        return;
+    };
+    out.push_str("# HELP orch_budget_ledger_up Whether the budget ledger could be read.\n# TYPE orch_budget_ledger_up gauge\norch_budget_ledger_up 1\n");
+    out.push_str("# HELP orch_budget_calls_total Real agent calls charged to the budget, all days.\n# TYPE orch_budget_calls_total counter\n");
+    for r in all {
+        out.push_str(&format!(
+            "orch_budget_calls_total{{agent=\"{}\"}} {}\n",
+            escape_label(&r.agent),
+            r.calls
+        ));
+    }
+    out.push_str("# HELP orch_budget_spend_usd_total Settled agent cost in USD, all days.\n# TYPE orch_budget_spend_usd_total counter\n");
+    for r in all {
+        out.push_str(&format!(
+            "orch_budget_spend_usd_total{{agent=\"{}\"}} {}\n",
+            escape_label(&r.agent),
+            budget::micros_to_usd(r.cost_micros)
+        ));
+    }
+    out.push_str("# HELP orch_budget_refused_total Attempts refused as over budget, all days.\n# TYPE orch_budget_refused_total counter\n");
+    for r in all {
+        out.push_str(&format!(
+            "orch_budget_refused_total{{agent=\"{}\"}} {}\n",
+            escape_label(&r.agent),
+            r.refused
+        ));
+    }
+    let gauge = |out: &mut String, name: &str, help: &str, v: &Value| {
+        if let Some(x) = v.as_f64() {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {x}\n"
+            ));
+        }
+    };
+    gauge(
+        out,
+        "orch_budget_day_calls",
+        "Real agent calls so far this UTC day.",
+        &report["calls"],
+    );
+    gauge(
+        out,
+        "orch_budget_day_spend_usd",
+        "Settled agent cost in USD so far this UTC day.",
+        &report["cost_usd"],
+    );
+    gauge(
+        out,
+        "orch_budget_day_reserved_usd",
+        "Cost estimates reserved by attempts still running.",
+        &report["reserved_usd"],
+    );
+    gauge(
+        out,
+        "orch_budget_limit_calls",
+        "MAX_DAILY_API_CALLS (absent when unlimited).",
+        &report["max_calls"],
+    );
+    gauge(
+        out,
+        "orch_budget_limit_usd",
+        "MAX_DAILY_COST_USD (absent when unlimited).",
+        &report["max_cost_usd"],
+    );
+    gauge(
+        out,
+        "orch_budget_exceeded",
+        "Whether a global daily limit is reached (1) or not (0).",
+        &json!(u8::from(report["exceeded"] == true)),
+    );
 }
 
 /// `GET /health`: 200 when the queue is writable and the disk is not
@@ -214,6 +315,7 @@ fn render_metrics(app: &App, s: &Snapshot) -> String {
         own.push_str("# HELP orch_disk_free_bytes Free bytes on the queue's filesystem.\n# TYPE orch_disk_free_bytes gauge\n");
         own.push_str(&format!("orch_disk_free_bytes {free}\n"));
     }
+    budget_metrics(s, &mut own);
     fam.add(&own, None);
     if let Some(h) = &app.prometheus {
         fam.add(&h.render(), None);

@@ -68,6 +68,8 @@ pub struct Config {
     /// `CALLBACK_ALLOW_PRIVATE=1`: callbacks may reach loopback, link-local
     /// and private addresses.
     pub callback_allow_private: bool,
+    /// The budget gate's limits, estimates and ledger path.
+    pub budget: artifacts::budget::BudgetConfig,
     /// The resolved environment, for the parts (agents, sandbox) configured
     /// by the workers crate.
     pub env: ev::EnvSource,
@@ -101,6 +103,7 @@ impl Config {
             }
             None => env.get_u64_range(&ev::RUNNER_CONCURRENCY, 1, 256)? as usize,
         };
+        artifacts::budget::install_test_clock(env)?;
         // Superseded knobs are accepted (so MVP environments keep starting)
         // but only validated.
         for var in [&ev::RUNNER_POLL_INTERVAL_SEC, &ev::RUNNER_RECLAIM_AFTER_SEC] {
@@ -154,6 +157,7 @@ impl Config {
                 .collect(),
             callback_secret: env.get_str(&ev::CALLBACK_SECRET)?.filter(|s| !s.is_empty()),
             callback_allow_private: env.get_bool(&ev::CALLBACK_ALLOW_PRIVATE)?,
+            budget: artifacts::budget::BudgetConfig::resolve(env)?,
             env: env.clone(),
         })
     }

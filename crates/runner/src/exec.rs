@@ -82,6 +82,8 @@ pub struct Ctx {
     pub runtime: tokio::runtime::Handle,
     /// Full or read-only storage: no claims until it takes writes again.
     pub storage: crate::storage::Storage,
+    /// The budget gate (reservations before real attempts).
+    pub budget: crate::budget::Gate,
 }
 
 impl Ctx {
@@ -96,6 +98,8 @@ pub enum JobEnd {
     Finished(Status),
     Parked,
     Released,
+    /// Over budget: back in `pending/` until the next UTC day.
+    Deferred,
     LeaseLost,
     Quarantined,
     Error,
@@ -300,7 +304,16 @@ impl JobRun {
             if let Some(why) = self.control.reason() {
                 return self.stopped(why).await;
             }
-            let result = self.run_step(&step, &mut context, &state_dir).await?;
+            let result = match self.run_step(&step, &mut context, &state_dir).await {
+                Err(e) if e.is::<crate::budget::Deferred>() => return self.defer(e),
+                r => r?,
+            };
+            if crate::budget::refused(&result) {
+                // Over budget ends the job whatever on_failure says.
+                end_status = Status::Failed;
+                end_error = Some(step_failure(&step, &result));
+                break;
+            }
             if let Some(why) = self.control.reason()
                 && why != StopReason::Cancelled
             {
@@ -519,6 +532,31 @@ impl JobRun {
                 goal: self.job.goal.clone(),
                 policy: self.job.policy.clone(),
             };
+            let reservation = match worker
+                .as_ref()
+                .map(|_| self.ctx.budget.admit(&self.job, step, attempt))
+            {
+                None | Some(crate::budget::Admit::Go(None)) => None,
+                Some(crate::budget::Admit::Go(r)) => r,
+                Some(crate::budget::Admit::Defer(d)) => return Err(Box::new(d)),
+                Some(crate::budget::Admit::Refuse(o)) => {
+                    outcome = *o;
+                    if !outcome.is_retryable() || attempt - base >= max_attempts {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff(step.retry_backoff_sec, attempt - base)) => {}
+                        _ = self.control.cancel.cancelled() => {}
+                    }
+                    if self.control.reason() == Some(StopReason::Cancelled) {
+                        outcome = StepOutcome::cancelled("cancelled by an operator");
+                    }
+                    if self.control.cancel.is_cancelled() {
+                        break;
+                    }
+                    continue;
+                }
+            };
             let a0 = Instant::now();
             outcome = match &worker {
                 None => StepOutcome::failure(
@@ -553,6 +591,7 @@ impl JobRun {
                     }
                 }
             };
+            self.ctx.budget.settle(reservation, &outcome);
             let agent = step.agent.clone();
             metrics::counter!("orch_step_attempts_total", "agent" => agent.clone(), "status" => outcome.status.as_str())
                 .increment(1);
@@ -914,6 +953,33 @@ impl JobRun {
                 self.finish(Status::Cancelled, Some(err), &[]).await
             }
         }
+    }
+
+    /// Over budget with `BUDGET_EXCEEDED_ACTION=defer`: the refused attempt
+    /// is taken back (it never ran) and the job returns to `pending/` with a
+    /// not-before time, so no runner claims it before the UTC day rolls.
+    fn defer(&mut self, e: AnyErr) -> Result<JobEnd, AnyErr> {
+        let d = e.downcast::<crate::budget::Deferred>()?;
+        let cur = self.state().current_step.clone();
+        if let Some(cur) = cur
+            && let Some(s) = self.state().steps.get_mut(&cur)
+        {
+            s.status = Status::Retryable;
+            s.attempt = d.attempt.saturating_sub(1);
+            s.summary = format!("deferred: {}", d.message);
+        }
+        self.save_state()?;
+        let entry = self.loc.entry.deferred_until(d.until);
+        match self.ctx.queue.move_to(&self.loc, State::Pending, &entry) {
+            Ok(_) => {}
+            Err(QueueError::LeaseLost { .. }) => {
+                self.control.stop(StopReason::LeaseLost);
+                return Ok(JobEnd::LeaseLost);
+            }
+            Err(e) => return Err(Box::new(e)),
+        }
+        tracing::info!(job_id = %self.job.job_id, not_before = d.until, reason = %d.message, "over budget; job deferred to the next UTC day");
+        Ok(JobEnd::Deferred)
     }
 
     /// Gives the job back to `pending/` so another runner resumes it.

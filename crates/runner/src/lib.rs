@@ -8,6 +8,7 @@
 //! and reaps claims abandoned by dead runners.
 
 pub mod admit;
+pub mod budget;
 pub mod callback;
 pub mod config;
 pub mod exec;
@@ -64,10 +65,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         )
         .map_err(|e| RunnerError::Other(e.to_string()))?,
     );
+    let budget = budget::Gate::new(cfg.budget.clone(), &cfg.runner_id, registry.is_real());
     let ctx = Arc::new(Ctx {
         store: artifacts::ArtifactStore::new(&cfg.artifacts_root)
             .with_sensitive_env(cfg.sensitive_env.clone()),
         queue: queue.clone(),
+        budget,
         registry,
         cfg,
         outbox: outbox.clone(),

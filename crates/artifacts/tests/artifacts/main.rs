@@ -2,6 +2,7 @@
 //! directories: the layout and modes SPEC §4 promises, resume behaviour, and
 //! the hostile cases (planted symlinks, `..`, FIFOs, symlinked job dirs).
 
+mod budget;
 mod control;
 mod secrets;
 mod support;

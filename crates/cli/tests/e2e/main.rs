@@ -4,6 +4,7 @@
 // the executor ban is for production code.
 #![allow(clippy::disallowed_methods)]
 
+mod budget;
 mod edges;
 mod faults;
 mod health;

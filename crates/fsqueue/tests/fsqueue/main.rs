@@ -386,3 +386,49 @@ async fn recovery_never_touches_a_live_claim_but_drops_its_stray_copy() {
     want.sort();
     assert_eq!(gone, want, "{:#?}", rep.quarantined);
 }
+
+/// Moves a pending job's file to a name with a not-before time.
+fn defer(q: &Queue, job: &str, until: u64) {
+    let loc = q.find(job).unwrap().unwrap();
+    let e = loc.entry.deferred_until(until);
+    q.move_to(&loc, State::Pending, &e).unwrap();
+}
+
+#[tokio::test]
+async fn deferred_jobs_are_skipped_until_due_and_then_claimed() {
+    let (_d, q) = queue();
+    for n in 0..3 {
+        q.enqueue(&id(n), b"{}", 5, State::Pending).unwrap();
+    }
+    let now = fsqueue::clock::now_unix();
+    // Job 0 waits an hour, job 1 was due long ago, job 2 has no mark; job 3
+    // comes due a few seconds from now.
+    defer(&q, &id(0), now + 3600);
+    defer(&q, &id(1), 1);
+    q.enqueue(&id(3), b"{}", 5, State::Pending).unwrap();
+    let soon = now + 3;
+    defer(&q, &id(3), soon);
+    let c = Claimer::new(q.clone(), "r1").unwrap();
+    let a = c.try_claim().unwrap().unwrap();
+    let b = c.try_claim().unwrap().unwrap();
+    assert_eq!(
+        (a.loc.entry.job_id.as_str(), b.loc.entry.job_id.as_str()),
+        (id(1).as_str(), id(2).as_str())
+    );
+    // The claim drops the mark from the running name.
+    assert_eq!(a.loc.entry.not_before, None);
+    assert!(!a.loc.path.to_str().unwrap().contains('+'));
+    // Job 3 arrives when due, through the claimer's own timer.
+    let got = tokio::time::timeout(Duration::from_secs(60), c.claim())
+        .await
+        .expect("the deferred job was never claimed")
+        .unwrap();
+    assert_eq!(got.loc.entry.job_id, id(3));
+    assert!(fsqueue::clock::now_unix() >= soon);
+    // The hour-long one is still there, untouched, and still skipped.
+    assert!(c.try_claim().unwrap().is_none());
+    let left = q.find(&id(0)).unwrap().unwrap();
+    assert_eq!(left.state, State::Pending);
+    assert_eq!(left.entry.not_before, Some(now + 3600));
+    assert_eq!(c.indexed(), 1);
+}

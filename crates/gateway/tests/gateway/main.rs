@@ -1324,3 +1324,97 @@ async fn schedules_are_listed_read_only_per_project() {
         .collect();
     assert_eq!(ids, ["a"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metrics_report_the_budget_ledger_not_just_the_limits() {
+    use artifacts::budget::{BudgetConfig, Charge, Decision, Ledger};
+    // 2030-06-15T12:00:00Z, injected so the ledger's day is known.
+    let dir = tempfile::tempdir().unwrap();
+    let clock = dir.path().join("now");
+    std::fs::write(&clock, "1907755200").unwrap();
+    let clock = clock.to_str().unwrap().to_owned();
+    let gw = Gateway::start_in(
+        dir,
+        &[
+            ("MAX_DAILY_API_CALLS", "2"),
+            ("MAX_DAILY_COST_USD", "5"),
+            ("ORCH_TEST_CLOCK_FILE", &clock),
+        ],
+        &[],
+    );
+    // Before any real attempt: no ledger, nothing used, and reading does
+    // not create one.
+    let v = gw.get("/health", None).await.json();
+    assert_eq!(v["budget"]["calls"], 0, "{v:#}");
+    assert_eq!(v["budget"]["ledger_present"], false);
+    assert!(!gw.path("var/state.db").exists());
+
+    // Two calls (one settled at $0.0421), then a refusal, as runners would.
+    let db = gw.path("var/state.db");
+    let mut cfg = BudgetConfig::resolve(&contracts::env::EnvSource::from_pairs([(
+        "MAX_DAILY_API_CALLS",
+        "2",
+    )]))
+    .unwrap();
+    cfg.db_path = db.clone();
+    let ledger = Ledger::open(&db).unwrap();
+    let charge = Charge {
+        agent: "claude",
+        project: None,
+        job_id: "job-00000001",
+        step_id: "01_plan",
+        attempt: 1,
+        runner_id: "r1",
+        now: 1_907_755_200,
+    };
+    let Decision::Granted(r) = ledger.reserve(&cfg, &charge).unwrap() else {
+        panic!("refused")
+    };
+    ledger.settle(&r, Some(42_100)).unwrap();
+    assert!(matches!(
+        ledger.reserve(&cfg, &charge).unwrap(),
+        Decision::Granted(_)
+    ));
+    assert!(matches!(
+        ledger.reserve(&cfg, &charge).unwrap(),
+        Decision::Refused { .. }
+    ));
+
+    let ok = eventually(Duration::from_secs(10), async || {
+        gw.get("/health", None).await.json()["budget"]["calls"] == 2
+    })
+    .await;
+    assert!(ok, "health never showed the ledger");
+    let b = gw.get("/health", None).await.json()["budget"].clone();
+    assert_eq!(b["day"], "2030-06-15");
+    assert_eq!(b["max_calls"], 2);
+    assert_eq!(b["max_cost_usd"], 5.0);
+    assert_eq!(b["refused"], 1);
+    assert_eq!(b["exceeded"], true);
+    assert_eq!(b["ledger_present"], true);
+    assert!(
+        (b["cost_usd"].as_f64().unwrap() - 0.0421).abs() < 1e-9,
+        "{b:#}"
+    );
+    // The second call is still running: its default estimate is reserved.
+    assert!(
+        (b["reserved_usd"].as_f64().unwrap() - 0.10).abs() < 1e-9,
+        "{b:#}"
+    );
+
+    let text = String::from_utf8(gw.get("/metrics", None).await.body).unwrap();
+    for needle in [
+        "orch_budget_calls_total{agent=\"claude\"} 2",
+        "orch_budget_spend_usd_total{agent=\"claude\"} 0.0421",
+        "orch_budget_refused_total{agent=\"claude\"} 1",
+        "orch_budget_day_calls 2",
+        "orch_budget_limit_calls 2",
+        "orch_budget_limit_usd 5",
+        "orch_budget_exceeded 1",
+        "orch_budget_ledger_up 1",
+        "# TYPE orch_budget_calls_total counter",
+        "# TYPE orch_budget_day_calls gauge",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+}
