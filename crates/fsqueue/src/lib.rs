@@ -16,6 +16,8 @@
 pub mod claim;
 pub mod commit;
 pub mod durable;
+pub mod fault;
+pub mod fence;
 pub mod lease;
 pub mod name;
 pub mod notify;

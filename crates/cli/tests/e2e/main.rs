@@ -4,6 +4,7 @@
 // the executor ban is for production code.
 #![allow(clippy::disallowed_methods)]
 
+mod fence;
 mod notify;
 mod pipeline;
 mod real;
