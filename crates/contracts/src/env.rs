@@ -59,7 +59,7 @@ env_vars! {
     FSYNC_MODE = ("syncfs", "all", "How durable writes reach the disk. `syncfs`: concurrent writes of a process share one `syncfs(2)` of the filesystem per barrier (group commit). `file`: one `fsync` per file and directory; choose it when the queue and artifacts share a filesystem with write-heavy work (better: put `WORKSPACES_ROOT` on another filesystem).");
     // Runner.
     RUNNER_CONCURRENCY = ("2", "runner", "Jobs one runner process runs at once.");
-    RUNNER_LEASE_SEC = ("30", "runner, scheduler, orch", "Lifetime of a claim's lease; renewed by heartbeat about every third of it, and a job whose lease expired is reaped.");
+    RUNNER_LEASE_SEC = ("30", "runner, scheduler, orch", "Lifetime of a claim's lease. The owner renews it every quarter of it on a thread of its own and gives the job up when its last successful renewal is older than three quarters; a claim not renewed for a lease and a quarter is reaped.");
     RUNNER_MAX_RECLAIMS = ("3", "runner, scheduler, orch", "Times an expired job is put back to `pending/` before it is failed as a poison job.");
     RUNNER_MAX_GOTO = ("5", "runner", "Total `on_failure: goto:` jumps allowed per job before it fails with a clear error.");
     RUNNER_SHUTDOWN_GRACE_SEC = ("30", "runner", "On SIGTERM/SIGINT, how long running steps may finish before their agents are stopped and their jobs released to `pending/`.");
@@ -131,6 +131,10 @@ env_vars! {
     LOG_JSON = ("0", "all", "Log JSON lines (1) instead of the human format (0).");
     // Tests.
     ORCH_TEST_CLOCK_FILE = ("", "runner, gateway, orch", "For tests only: a file holding the current time as Unix seconds, read on every use instead of the system clock for calendar decisions (the budget's UTC day, deferred jobs' not-before time); leases and timeouts keep the real clock. Never set it in production.");
+    // Fault injection (tests).
+    ORCH_FAULT_BARRIER_DELAY_MS = ("", "all (debug builds only)", "Test seam, ignored by release builds: every durable barrier sleeps this many milliseconds first (a disk made slow by other work).");
+    ORCH_FAULT_FSYNC_FAIL = ("", "all (debug builds only)", "Test seam, ignored by release builds: `N:ERRNO` makes the Nth durable barrier of the process fail with that errno (e.g. `3:5` for EIO).");
+    ORCH_FAULT_RENAME_FAIL = ("", "all (debug builds only)", "Test seam, ignored by release builds: `N:ERRNO` makes the Nth publishing rename of the process fail with that errno (e.g. `2:28` for ENOSPC).");
 }
 
 /// Looks a variable up by name.

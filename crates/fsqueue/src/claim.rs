@@ -1,10 +1,13 @@
 //! Claiming jobs from `pending/`.
 //!
-//! A claim is one rename, `pending/<name>` → `running/<name'>` where `name'`
-//! carries the runner id and the incremented attempt. Rename is atomic, so of
-//! any number of racing claimers (threads, processes, hosts sharing the
-//! directory) exactly one succeeds; the others get `ENOENT` and move on to
-//! the next name.
+//! A claim is one plain `rename`, `pending/<name>` → `running/<name'>` where
+//! `name'` carries the runner id and the incremented attempt. Rename is
+//! atomic, so of any number of racing claimers (threads, processes, hosts
+//! sharing the directory) exactly one succeeds; the others get `ENOENT` and
+//! move on to the next name. The destination is unique to the claim, so no
+//! "no-replace" semantics are needed (on NFS `renameat2(RENAME_NOREPLACE)`
+//! is unsupported, and its link + unlink emulation would let two claimers
+//! with different destination names both succeed).
 //!
 //! To avoid listing `pending/` on every claim, each claimer keeps an ordered
 //! in-memory index of pending names. inotify keeps it current (a new job
@@ -102,6 +105,9 @@ pub struct Claim {
     pub loc: Located,
     pub doc: Vec<u8>,
     pub claimed_at: SystemTime,
+    /// When the claim's lease was last known good: just before the touch
+    /// that started it (see `lease::owner_deadline`).
+    pub renewed_at: crate::lease::Stamp,
 }
 
 impl Claimer {
@@ -237,12 +243,13 @@ impl Claimer {
             // the running file's mtime, and rename keeps mtime. Without this
             // a job that waited in pending/ longer than the lease would look
             // expired the instant it was claimed (the MVP's double-run bug).
+            let renewed_at = crate::lease::Stamp::now();
             match touch(&from) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(DurableError::new("touch", &from, e).into()),
             }
-            match durable::rename_noreplace_raw(&from, &to) {
+            match std::fs::rename(&from, &to) {
                 Ok(()) => {}
                 // Someone else claimed it (or an operator moved it).
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -266,6 +273,7 @@ impl Claimer {
                 loc,
                 doc,
                 claimed_at: SystemTime::now(),
+                renewed_at,
             }));
         }
     }

@@ -221,6 +221,7 @@ pub(crate) fn sync_files_and_dirs(
     dirs: &[&Path],
     mark: Mark,
 ) -> io::Result<()> {
+    crate::fault::barrier()?;
     match sync_mode() {
         SyncMode::File => {
             files.iter().try_for_each(|(_, f)| f.sync_all())?;

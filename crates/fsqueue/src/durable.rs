@@ -26,6 +26,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 /// Prefix of every temporary file. Recovery removes stale ones; directory
 /// scanners skip them.
@@ -62,6 +63,120 @@ impl DurableError {
 
 pub type Result<T> = std::result::Result<T, DurableError>;
 
+/// Ownership check of a directory tree: every rename (or unlink) of a
+/// durable write whose destination lies below a registered prefix asks the
+/// fence immediately before it, and is refused when the fence says the
+/// writer no longer owns the tree. The runner registers one per job attempt
+/// (its artifacts and workspace), so a stale attempt cannot replace files
+/// written by a newer one.
+pub trait Fence: Send + Sync {
+    /// Checks ownership and returns a hold that is kept while the one
+    /// rename runs (for example a shared lock that a newer attempt must
+    /// take exclusively before it starts). `Err` refuses the rename.
+    fn hold(&self) -> io::Result<Box<dyn std::any::Any>>;
+}
+
+/// The error a fence returns to refuse a publish.
+#[derive(Debug, thiserror::Error)]
+#[error("publish refused: {0}")]
+pub struct Refused(pub String);
+
+impl Refused {
+    pub fn io(why: impl Into<String>) -> io::Error {
+        io::Error::other(Refused(why.into()))
+    }
+}
+
+/// True when `e` is a fence's refusal (the writer lost ownership).
+pub fn is_refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<Refused>() {
+            return true;
+        }
+        if let Some(ioe) = err.downcast_ref::<io::Error>()
+            && ioe.get_ref().is_some_and(|inner| inner.is::<Refused>())
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+type FenceList = Vec<(PathBuf, Arc<dyn Fence>)>;
+
+fn fences() -> &'static RwLock<FenceList> {
+    static F: std::sync::OnceLock<RwLock<FenceList>> = std::sync::OnceLock::new();
+    F.get_or_init(Default::default)
+}
+
+/// Keeps a fence registered; dropping it unregisters the fence.
+pub struct FenceRegistration {
+    fence: Arc<dyn Fence>,
+}
+
+impl Drop for FenceRegistration {
+    fn drop(&mut self) {
+        let mut list = fences().write().unwrap_or_else(|p| p.into_inner());
+        list.retain(|(_, f)| !Arc::ptr_eq(f, &self.fence));
+    }
+}
+
+/// Registers `fence` for every durable write below `prefix` (compared by
+/// path components, in the form the writers use: register the same
+/// relative or absolute spelling they join their paths from).
+pub fn register_fence(prefixes: &[&Path], fence: Arc<dyn Fence>) -> FenceRegistration {
+    let mut list = fences().write().unwrap_or_else(|p| p.into_inner());
+    for p in prefixes {
+        list.push((p.to_path_buf(), fence.clone()));
+    }
+    FenceRegistration { fence }
+}
+
+/// The fences guarding `paths` (usually none or one).
+fn fences_for<'p>(paths: impl IntoIterator<Item = &'p Path>) -> Vec<Arc<dyn Fence>> {
+    let list = fences().read().unwrap_or_else(|p| p.into_inner());
+    if list.is_empty() {
+        return Vec::new();
+    }
+    let mut out: Vec<Arc<dyn Fence>> = Vec::new();
+    for path in paths {
+        for (prefix, f) in list.iter() {
+            if path.starts_with(prefix) && !out.iter().any(|o| Arc::ptr_eq(o, f)) {
+                out.push(f.clone());
+            }
+        }
+    }
+    out
+}
+
+/// The fences guarding a publish, found once per publish.
+struct Holds {
+    fences: Vec<Arc<dyn Fence>>,
+}
+
+impl Holds {
+    fn take<'p>(paths: impl IntoIterator<Item = &'p Path>) -> Self {
+        Self {
+            fences: fences_for(paths),
+        }
+    }
+
+    /// Runs one rename (`op`) while every fence is held, after the fault
+    /// seam: check and rename are as close together as they can be.
+    fn rename<T>(&self, op: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        let mut holds = Vec::with_capacity(self.fences.len());
+        for f in &self.fences {
+            holds.push(f.hold()?);
+        }
+        crate::fault::rename()?;
+        let r = op();
+        drop(holds);
+        r
+    }
+}
+
 fn tmp_name(final_name: &OsStr) -> String {
     static CTR: AtomicU64 = AtomicU64::new(0);
     let n = CTR.fetch_add(1, Ordering::Relaxed);
@@ -85,11 +200,25 @@ pub fn write_file(path: &Path, data: &[u8]) -> Result<()> {
 pub fn write_file_mode(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     let mark = Mark::now();
     let tmp = write_synced_temp(path, data, mode, mark)?;
-    if let Err(e) = std::fs::rename(&tmp, path) {
+    let renamed = Holds::take([path]).rename(|| std::fs::rename(&tmp, path));
+    if let Err(e) = renamed {
         let _ = std::fs::remove_file(&tmp);
         return Err(DurableError::new("rename", path, e));
     }
     sync_names(&[parent_of(path)], mark)
+}
+
+/// Publishes `data` at `path` atomically (temp file + rename) but without
+/// barriers: for advisory files (heartbeats, metrics) that must never wait
+/// for the disk. After a crash the file may hold an older version, or be
+/// empty; never a mix.
+pub fn write_file_advisory(path: &Path, data: &[u8]) -> Result<()> {
+    let (tmp, f) = write_temp(path, data, FILE_MODE)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        DurableError::new("rename", path, e)
+    })
 }
 
 /// Durably publishes `data` at `path` only if nothing exists there yet.
@@ -281,11 +410,12 @@ impl<'a> Txn<'a> {
             .collect();
         commit::sync_files(&with_data, self.mark)
             .map_err(|e| DurableError::new("fsync", parent_of(&self.staged[0].1), e))?;
+        let holds = Holds::take(self.staged.iter().map(|s| s.1.as_path()));
         let mut dirs: Vec<PathBuf> = Vec::new();
         for i in 0..self.staged.len() {
             let temp = self.staged[i].3.take().map(|(tmp, _)| tmp);
             let (phase, ref path, place, _) = self.staged[i];
-            let res = match (&temp, place) {
+            let res = holds.rename(|| match (&temp, place) {
                 (Some(tmp), Place::Replace) => std::fs::rename(tmp, path),
                 (Some(tmp), Place::IfAbsent) => match rename_noreplace_raw(tmp, path) {
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -296,7 +426,7 @@ impl<'a> Txn<'a> {
                 },
                 (None, Place::IfAbsent) => place_empty_new(path, self.empty_src).map(drop),
                 (None, Place::Replace) => replace_with_empty(path, self.empty_src),
-            };
+            });
             if let Err(e) = res {
                 if let Some(tmp) = temp {
                     let _ = std::fs::remove_file(tmp);
@@ -478,14 +608,18 @@ pub fn rename_noreplace_raw(from: &Path, to: &Path) -> io::Result<()> {
 /// `NotFound` means `from` is gone (someone else moved it first).
 pub fn move_noreplace(from: &Path, to: &Path) -> Result<()> {
     let mark = Mark::now();
-    rename_noreplace_raw(from, to).map_err(|e| DurableError::new("rename", from, e))?;
+    crate::fault::rename()
+        .and_then(|()| rename_noreplace_raw(from, to))
+        .map_err(|e| DurableError::new("rename", from, e))?;
     sync_move_dirs(from, to, mark)
 }
 
 /// Durably moves `from` to `to`, replacing `to` if present.
 pub fn move_replace(from: &Path, to: &Path) -> Result<()> {
     let mark = Mark::now();
-    std::fs::rename(from, to).map_err(|e| DurableError::new("rename", from, e))?;
+    crate::fault::rename()
+        .and_then(|()| std::fs::rename(from, to))
+        .map_err(|e| DurableError::new("rename", from, e))?;
     sync_move_dirs(from, to, mark)
 }
 
@@ -502,7 +636,8 @@ fn sync_move_dirs(from: &Path, to: &Path, mark: Mark) -> Result<()> {
 /// is not an error.
 pub fn remove_file(path: &Path) -> Result<()> {
     let mark = Mark::now();
-    match std::fs::remove_file(path) {
+    let removed = Holds::take([path]).rename(|| std::fs::remove_file(path));
+    match removed {
         Ok(()) => sync_parent(path, mark),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(DurableError::new("remove", path, e)),

@@ -1,17 +1,32 @@
 //! Leases: how a claim stays owned, and how an abandoned one comes back.
 //!
 //! A running file's **mtime is its lease**. The owner refreshes it (a
-//! `utimensat` "touch") every third of `RUNNER_LEASE_SEC` for as long as the
-//! job runs, however long a step takes. A lease is expired when the file was
-//! not touched for longer than the lease, judged against the *filesystem's*
-//! clock (we touch a probe file and read its mtime back), so hosts sharing
-//! the queue over a network filesystem do not need synchronised clocks, and
-//! the time a job waited in `pending/` never counts (claims refresh mtime).
+//! `utimensat` "touch") about every quarter of `RUNNER_LEASE_SEC`, on a
+//! thread that does nothing else (never behind a durable barrier or a
+//! claim), for as long as the job runs. Two deadlines bound a lease:
+//!
+//! - the **owner's deadline**: the owner counts its lease as lost once its
+//!   last *successful* renewal started more than `lease - margin` ago
+//!   (`margin` = a quarter of the lease), whatever a later touch says, and
+//!   then stops the job's work and never publishes for that attempt again;
+//! - the **reaper's wait**: a claim is expired only when its file was not
+//!   touched for longer than `lease + margin`, judged against the
+//!   *filesystem's* clock (we touch a probe file and read its mtime back,
+//!   with open + fstat so a network client's attribute cache cannot serve a
+//!   stale time), so hosts sharing the queue need no synchronised clocks,
+//!   and the time a job waited in `pending/` never counts (claims refresh
+//!   mtime).
+//!
+//! The two margins between them absorb clock-rate differences and the time
+//! an owner needs between its last check and its last rename.
 //!
 //! On one host there is a faster signal: every runner holds an exclusive
-//! `flock` on `runners/<id>.lock` for its whole life. The kernel drops the
-//! lock when the process dies, however it dies, so a reaper that can take
-//! the lock knows the owner is gone and reaps its jobs at once.
+//! `flock` on `runners/<id>.lock` for its whole life, and writes its host
+//! name and boot id into it. The kernel drops the lock when the process
+//! dies, however it dies, so a reaper *on the same host and boot* that can
+//! take the lock knows the owner is gone and reaps its jobs at once. A lock
+//! written on another host (or before a reboot) proves nothing and such
+//! claims are judged by their lease only.
 //!
 //! Reaping moves `running/<name>@<runner>` back to `pending/` (keeping its
 //! place in FIFO order), or to `failed/` once it has been reaped
@@ -19,12 +34,14 @@
 
 use crate::claim::touch;
 use crate::durable::{self, DurableError};
+use crate::fence::host_id;
 use crate::name::{Entry, is_valid_runner_id};
 use crate::queue::{Located, Queue, QueueError, RUNNERS_DIR, Result, State};
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -83,6 +100,19 @@ impl RunnerLock {
                         .zip(lock.metadata().ok())
                         .is_some_and(|(a, b)| a.ino() == b.ino() && a.dev() == b.dev());
                     if same {
+                        // Who holds it: a reaper trusts a free lock only
+                        // when it was written on its own host and boot.
+                        let h = host_id();
+                        let mut f: &File = &lock;
+                        let ident = format!(
+                            "host={}\nboot_id={}\npid={}\n",
+                            h.host,
+                            h.boot_id,
+                            std::process::id()
+                        );
+                        f.set_len(0)
+                            .and_then(|()| f.write_all(ident.as_bytes()))
+                            .map_err(|e| DurableError::new("write", &path, e))?;
                         return Ok(Self {
                             runner_id: runner_id.to_owned(),
                             _lock: lock,
@@ -105,9 +135,11 @@ impl RunnerLock {
     }
 
     /// Publishes the runner's heartbeat document (`runners/<id>.json`), read
-    /// by `/health` and `orch doctor`.
+    /// by `/health` and `orch doctor`. Advisory: written by an atomic rename
+    /// but without a barrier, so it never waits for the disk (a crash may
+    /// leave an older heartbeat, which only says less).
     pub fn write_heartbeat(&self, doc: &[u8]) -> Result<()> {
-        Ok(durable::write_file(&self.heartbeat_path, doc)?)
+        Ok(durable::write_file_advisory(&self.heartbeat_path, doc)?)
     }
 
     /// Removes the heartbeat document (clean shutdown).
@@ -121,23 +153,91 @@ impl RunnerLock {
 pub enum Liveness {
     /// A process holds the id's lock.
     Alive,
-    /// The lock file exists and nobody holds it: the owner is dead.
+    /// The lock file was written on this host and boot, and nobody holds
+    /// it: the owner is dead.
     Dead,
-    /// No lock file here (another host, or an old runner): judge by lease.
+    /// No lock file, or one written on another host or before a reboot (a
+    /// free lock proves nothing there): judge by lease.
     Unknown,
 }
 
 /// Probes a runner id's lock without keeping it.
 pub fn liveness(queue: &Queue, runner_id: &str) -> Liveness {
     let path = lock_path(queue, runner_id);
-    let Ok(file) = File::open(&path) else {
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(&path)
+    else {
         return Liveness::Unknown;
     };
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(_released_on_drop) => Liveness::Dead,
+        Ok(lock) => {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut &*lock, &mut text);
+            let h = host_id();
+            let here = !h.boot_id.is_empty()
+                && text.lines().any(|l| l == format!("host={}", h.host))
+                && text.lines().any(|l| l == format!("boot_id={}", h.boot_id));
+            if here {
+                Liveness::Dead
+            } else {
+                Liveness::Unknown
+            }
+        }
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => Liveness::Alive,
         Err(_) => Liveness::Unknown,
     }
+}
+
+/// A point on the boot-time clock (`CLOCK_BOOTTIME`: monotonic, and it
+/// keeps counting while the system is suspended, so a host that slept
+/// through its lease knows it on waking).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Stamp(Duration);
+
+impl Stamp {
+    pub fn now() -> Self {
+        use nix::time::{ClockId, clock_gettime};
+        match clock_gettime(ClockId::CLOCK_BOOTTIME)
+            .or_else(|_| clock_gettime(ClockId::CLOCK_MONOTONIC))
+        {
+            Ok(ts) => Stamp(Duration::from(ts)),
+            Err(_) => Stamp(Duration::ZERO),
+        }
+    }
+
+    /// Time since this stamp (zero if the clock went backwards).
+    pub fn elapsed(self) -> Duration {
+        Stamp::now().0.saturating_sub(self.0)
+    }
+
+    /// Nanoseconds since boot (for atomics).
+    pub fn as_nanos(self) -> u64 {
+        u64::try_from(self.0.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    pub fn from_nanos(n: u64) -> Self {
+        Stamp(Duration::from_nanos(n))
+    }
+}
+
+/// The safety margin of a lease: the owner gives up `margin` before the
+/// lease ends, and the reaper waits `margin` after it.
+pub fn margin(lease: Duration) -> Duration {
+    lease / 4
+}
+
+/// How long after its last successful renewal started an owner still
+/// trusts its lease: `lease - margin`.
+pub fn owner_deadline(lease: Duration) -> Duration {
+    lease.saturating_sub(margin(lease))
+}
+
+/// How often the owner renews: a quarter of the lease (at least 50 ms),
+/// so a few renewals can fail before the owner's deadline.
+pub fn renew_interval(lease: Duration) -> Duration {
+    (lease / 4).max(Duration::from_millis(50))
 }
 
 /// Renews a lease: touches the running file. `LeaseLost` when the file is
@@ -161,9 +261,19 @@ pub fn fs_now(queue: &Queue) -> Result<SystemTime> {
         }
         durable::write_file(&probe, b"")?;
     }
-    std::fs::metadata(&probe)
-        .and_then(|m| m.modified())
-        .map_err(|e| DurableError::new("stat", &probe, e).into())
+    fstat_mtime(&probe).map_err(|e| DurableError::new("stat", &probe, e).into())
+}
+
+/// A file's mtime read with open + fstat: on NFS, `open` revalidates the
+/// attributes with the server (close-to-open consistency), so a cached
+/// attribute cannot make a live lease look old.
+fn fstat_mtime(path: &Path) -> io::Result<SystemTime> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC | nix::libc::O_NONBLOCK)
+        .open(path)?
+        .metadata()?
+        .modified()
 }
 
 /// What the reaper did with one abandoned claim.
@@ -210,10 +320,12 @@ impl Reaper {
     }
 
     /// One pass over `running/`. Claims whose owner is provably dead (lock
-    /// free) or whose lease expired are requeued or failed. Errors on single
-    /// files are logged and skipped; the pass goes on.
+    /// free, same host) or whose lease expired (`lease + margin` without a
+    /// renewal) are requeued or failed. Errors on single files are logged
+    /// and skipped; the pass goes on.
     pub fn reap(&self) -> Result<Vec<ReapOutcome>> {
         let now = fs_now(&self.queue)?;
+        let expiry = self.lease + margin(self.lease);
         let mut out = Vec::new();
         for loc in self.queue.list(State::Running)? {
             let Some(runner) = loc.entry.runner.clone() else {
@@ -223,7 +335,7 @@ impl Reaper {
                 Liveness::Alive => match lease_age(&loc.path, now) {
                     // A live owner that stopped renewing (hung, or its disk
                     // is gone) still loses the job once the lease expires.
-                    Some(age) if age > self.lease => format!(
+                    Some(age) if age > expiry => format!(
                         "lease expired: runner {runner} is alive but last renewed {}s ago",
                         age.as_secs()
                     ),
@@ -231,7 +343,7 @@ impl Reaper {
                 },
                 Liveness::Dead => format!("runner {runner} died (its lock is free)"),
                 Liveness::Unknown => match lease_age(&loc.path, now) {
-                    Some(age) if age > self.lease => format!(
+                    Some(age) if age > expiry => format!(
                         "lease expired: runner {runner} last renewed {}s ago",
                         age.as_secs()
                     ),
@@ -288,7 +400,7 @@ impl Reaper {
 }
 
 fn lease_age(path: &Path, now: SystemTime) -> Option<Duration> {
-    let m = std::fs::symlink_metadata(path).ok()?.modified().ok()?;
+    let m = fstat_mtime(path).ok()?;
     Some(now.duration_since(m).unwrap_or(Duration::ZERO))
 }
 

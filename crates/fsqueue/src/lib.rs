@@ -20,6 +20,8 @@ pub mod clock;
 pub mod commit;
 pub mod control;
 pub mod durable;
+pub mod fault;
+pub mod fence;
 pub mod lease;
 pub mod name;
 pub mod notify;

@@ -125,6 +125,8 @@ pub const CORRUPT_DIR: &str = "corrupt";
 pub const RUNNERS_DIR: &str = "runners";
 pub const IDS_DIR: &str = "ids";
 pub const CONTROL_DIR: &str = "control";
+/// Per-job attempt records and their locks (see `fence`).
+pub const FENCES_DIR: &str = "fences";
 
 /// A reservation in `ids/` older than this with no job behind it is the
 /// leftover of a crash between reservation and publish, and may be taken over.
@@ -141,7 +143,14 @@ impl Queue {
         for st in State::ALL {
             durable::create_dir_all(&q.dir(st))?;
         }
-        for d in [TMP_DIR, CORRUPT_DIR, RUNNERS_DIR, IDS_DIR, CONTROL_DIR] {
+        for d in [
+            TMP_DIR,
+            CORRUPT_DIR,
+            RUNNERS_DIR,
+            IDS_DIR,
+            CONTROL_DIR,
+            FENCES_DIR,
+        ] {
             durable::create_dir_all(&q.root.join(d))?;
         }
         Ok(q)
@@ -300,6 +309,8 @@ impl Queue {
         if !is_valid_job_id(job_id) {
             return Err(QueueError::BadJobId(job_id.chars().take(80).collect()));
         }
+        // The job's attempt record goes with its id.
+        crate::fence::JobFence::new(self, job_id).remove();
         Ok(durable::remove_file(&self.id_path(job_id))?)
     }
 

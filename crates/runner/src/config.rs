@@ -17,7 +17,7 @@ use std::time::Duration;
 #[derive(Debug, Parser)]
 #[command(name = "orch-runner", version, about, long_about = None)]
 pub struct Args {
-    /// Runner id, used in claim names and heartbeats [default: <host>-<pid>]
+    /// Runner id, used in claim names and heartbeats [default: <host>-<pid>-<random>]
     #[arg(long = "id", value_name = "NAME")]
     pub id: Option<String>,
     /// Jobs run at once by this process [env: RUNNER_CONCURRENCY, default 2]
@@ -181,7 +181,11 @@ fn default_runner_id() -> String {
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "runner".into());
     let host: String = host.chars().take(40).collect();
-    fsqueue::name::sanitize_runner_id(&format!("{host}-{}", std::process::id()))
+    // Containers share hostname patterns and often run as PID 1 (and share
+    // the host's boot id): a random suffix, drawn once per process, keeps
+    // two runners from ever sharing an id by default.
+    let suffix: String = contracts::ids::random_hex32().chars().take(8).collect();
+    fsqueue::name::sanitize_runner_id(&format!("{host}-{}-{suffix}", std::process::id()))
 }
 
 /// Writes this runner's metrics in the Prometheus text format to

@@ -3,11 +3,13 @@
 //! retried job resumes instead of starting over), publish every artifact,
 //! and finally move the queue file to its terminal (or waiting) state.
 //!
-//! Every artifact write happens while the lease is held; a job whose lease
-//! was lost stops at the next check and leaves the queue alone, because the
-//! job now belongs to whichever runner reaped it.
+//! Every artifact and workspace write happens while the lease is held and
+//! passes the attempt's fence (`ownership`); a job whose lease was lost
+//! stops at the next check and leaves the queue alone, because the job now
+//! belongs to whichever runner reaped it.
 
 use crate::config::Config;
+use crate::ownership::{Interrupt, Ownership, OwnershipFence};
 use crate::prompt;
 use artifacts::{ArtifactStore, JobArtifacts, StepOutput};
 use contracts::{
@@ -107,9 +109,10 @@ pub enum JobEnd {
 
 /// Runs a claimed job to its end. Never panics on bad input: an invalid job
 /// file is quarantined, an I/O error fails the job with a clear error.
-pub async fn run(ctx: Arc<Ctx>, claim: Claim, control: JobControl) -> JobEnd {
+pub async fn run(ctx: Arc<Ctx>, claim: Claim, own: Arc<Ownership>) -> JobEnd {
     let loc = claim.loc.clone();
     let job_id = loc.entry.job_id.clone();
+    let control = own.control.clone();
     let job = match parse_job(&claim.doc, &ctx.known_agents()) {
         Ok(j) => j,
         Err(reason) => {
@@ -129,8 +132,32 @@ pub async fn run(ctx: Arc<Ctx>, claim: Claim, control: JobControl) -> JobEnd {
         let _ = ctx.queue.quarantine(&loc.path, &reason);
         return JobEnd::Quarantined;
     }
+    // The attempt records itself in the job's fence before it writes
+    // anything; from then on every durable write below its artifacts and
+    // workspace passes the fence.
+    let starter = own.clone();
+    let runner_id = ctx.cfg.runner_id.clone();
+    match tokio::task::spawn_blocking(move || starter.start(&runner_id)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(job_id, error = %e, "attempt not started");
+            return JobEnd::LeaseLost;
+        }
+        Err(e) => {
+            tracing::error!(job_id, error = %e, "attempt start task failed");
+            return JobEnd::Error;
+        }
+    }
+    let arts = ctx.store.job(&job.job_id);
+    let workspace = ctx.cfg.workspaces_root.join(&job_id);
+    let fence = fsqueue::durable::register_fence(
+        &[arts.dir(), workspace.as_path()],
+        Arc::new(OwnershipFence(own.clone())),
+    );
     let mut run = JobRun {
-        arts: ctx.store.job(&job.job_id),
+        own,
+        fence: Some(fence),
+        arts,
         ctx: ctx.clone(),
         job,
         loc,
@@ -153,6 +180,11 @@ fn parse_job(doc: &[u8], known_agents: &[&str]) -> Result<Job, String> {
 }
 
 struct JobRun {
+    own: Arc<Ownership>,
+    /// The attempt's fence over its artifacts and workspace, dropped once
+    /// the job left `running/` (what follows, like the callback record, is
+    /// no longer the attempt's work).
+    fence: Option<fsqueue::durable::FenceRegistration>,
     ctx: Arc<Ctx>,
     arts: JobArtifacts,
     job: Job,
@@ -186,14 +218,13 @@ impl JobRun {
         Ok(())
     }
 
+    /// Renews the lease now and checks the owner's deadline. Publishes
+    /// check again in the fence, immediately before their renames.
     fn check_lease(&self) -> Result<(), AnyErr> {
         if self.control.reason() == Some(StopReason::LeaseLost) {
-            return Err("lease lost".into());
+            return Err(Interrupt::LeaseLost("the attempt lost its lease".into()).into());
         }
-        fsqueue::lease::renew(&self.loc).map_err(|e| {
-            self.control.stop(StopReason::LeaseLost);
-            Box::new(e) as AnyErr
-        })
+        self.own.renew().map_err(AnyErr::from)
     }
 
     async fn execute(&mut self) -> Result<JobEnd, AnyErr> {
@@ -617,7 +648,7 @@ impl JobRun {
         if let Some(why) = self.control.reason()
             && why != StopReason::Cancelled
         {
-            return Err(format!("stopped: {why:?}").into());
+            return Err(Interrupt::Stopped(why).into());
         }
         // An exhausted retryable failure is a failure; a timeout stays a timeout.
         let status = match outcome.status {
@@ -879,13 +910,17 @@ impl JobRun {
         Ok(JobEnd::Finished(status))
     }
 
-    fn move_queue(&self, to: State) -> Result<Located, AnyErr> {
+    fn move_queue(&mut self, to: State) -> Result<Located, AnyErr> {
         let entry: Entry = self.loc.entry.unowned();
         match self.ctx.queue.move_to(&self.loc, to, &entry) {
-            Ok(l) => Ok(l),
-            Err(QueueError::LeaseLost { .. }) => {
-                self.control.stop(StopReason::LeaseLost);
-                Err("lease lost before the final move".into())
+            Ok(l) => {
+                self.fence = None;
+                Ok(l)
+            }
+            Err(e @ QueueError::LeaseLost { .. }) => {
+                self.own
+                    .lose("the running file is gone before the final move");
+                Err(Box::new(e))
             }
             Err(e) => Err(Box::new(e)),
         }
@@ -896,7 +931,7 @@ impl JobRun {
     /// after the move: the receiver never hears of an outcome the queue
     /// does not show, and a crash between the two loses nothing (see
     /// `outbox`).
-    fn move_with_callback(&self, to: State, result: &ResultDoc) -> Result<Located, AnyErr> {
+    fn move_with_callback(&mut self, to: State, result: &ResultDoc) -> Result<Located, AnyErr> {
         let Some(url) = self.job.callback_url.as_deref() else {
             return self.move_queue(to);
         };
@@ -998,7 +1033,7 @@ impl JobRun {
             s.status = Status::Retryable;
             s.summary = why.into();
         }
-        if fsqueue::lease::renew(&self.loc).is_ok() {
+        if self.own.renew().is_ok() {
             let st = self.state().clone();
             let _ = self.arts.write_state(&st);
         }
@@ -1010,6 +1045,10 @@ impl JobRun {
     /// An internal error (I/O, workspace preparation): fail the job with
     /// the error recorded, unless the job is no longer ours.
     async fn fail_internal(&mut self, e: &AnyErr) -> JobEnd {
+        if crate::ownership::is_lease_lost(e.as_ref()) {
+            self.own.lose(&e.to_string());
+            return JobEnd::LeaseLost;
+        }
         match self.control.reason() {
             Some(StopReason::LeaseLost) => return JobEnd::LeaseLost,
             Some(StopReason::Shutdown) => {

@@ -3,31 +3,33 @@
 //! One process runs up to `RUNNER_CONCURRENCY` jobs at once; any number of
 //! runner processes (on any number of hosts) may share one queue. The loop:
 //! wait for a free slot, claim the first pending job (woken by inotify, not
-//! a sleep loop), run it in its own task. Beside it, a heartbeat renews the
-//! leases of running jobs, notices operator cancel requests and lost leases,
-//! and reaps claims abandoned by dead runners.
+//! a sleep loop), run it in its own task. Beside it, a thread of its own
+//! renews the leases of running jobs (see `ownership`), and a heartbeat
+//! notices operator cancel requests, publishes the runner's heartbeat and
+//! reaps claims abandoned by dead runners.
 
 pub mod admit;
+pub mod agent_exec;
 pub mod budget;
 pub mod callback;
 pub mod config;
 pub mod exec;
 pub mod handoff;
 pub mod outbox;
+pub mod ownership;
 pub mod prompt;
 pub mod storage;
 
 use config::Config;
-use exec::{Ctx, JobControl, StopReason};
+use exec::{Ctx, StopReason};
 use fsqueue::{Claimer, Queue, Reaper, RunnerLock, State};
-use std::collections::HashMap;
+use ownership::{Owned, Ownership, lock_owned};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
-
-type Active = Arc<Mutex<HashMap<String, (fsqueue::Located, JobControl)>>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
@@ -91,7 +93,20 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
 
     let claimer = Claimer::new(queue.clone(), &cfg.runner_id)?;
     let reaper = Reaper::new(queue.clone(), cfg.lease, cfg.max_reclaims);
-    let active: Active = Arc::new(Mutex::new(HashMap::new()));
+    let active: Owned = Owned::default();
+    // Renewals run on a thread of their own: nothing else (barriers,
+    // claims, heartbeat documents) can make them wait.
+    let renewer_stop = Arc::new(AtomicBool::new(false));
+    let renewer = ownership::spawn_renewer(active.clone(), cfg.lease, renewer_stop.clone())
+        .map_err(|e| RunnerError::Other(format!("cannot start the lease renewer: {e}")))?;
+    {
+        // Every agent started in a job's workspace is recorded, so a later
+        // attempt on this host can kill it before it starts.
+        let (q, ws) = (queue.clone(), cfg.workspaces_root.clone());
+        workers::exec::set_spawn_observer(Box::new(move |cwd, pid| {
+            ownership::record_agent(&q, &ws, cwd, pid)
+        }));
+    }
     let slots = Arc::new(Semaphore::new(cfg.concurrency));
     let mut tasks = tokio::task::JoinSet::new();
     // Fired when a job task ends, so a draining runner notices at once.
@@ -164,8 +179,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         match claim {
             Some(claim) => {
                 let job_id = claim.loc.entry.job_id.clone();
-                let control = JobControl::new();
-                lock_active(&active).insert(job_id.clone(), (claim.loc.clone(), control.clone()));
+                let own = Ownership::new(&queue, &claim, cfg.lease);
+                lock_owned(&active).insert(job_id.clone(), own.clone());
                 metrics::counter!("orch_jobs_claimed_total").increment(1);
                 record_claim_latency(&claim);
                 let ctx2 = ctx.clone();
@@ -180,8 +195,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
                 // where it was woken), so jobs did not overlap their fsyncs.
                 tasks.spawn_blocking(move || {
                     let fut = async move {
-                        let end = exec::run(ctx2, claim, control).await;
-                        lock_active(&active2).remove(&job_id);
+                        let end = exec::run(ctx2, claim, own).await;
+                        lock_owned(&active2).remove(&job_id);
                         drop(permit);
                         ended.notify_one();
                         end
@@ -203,7 +218,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             None => {
                 drop(permit);
                 if cfg.drain
-                    && lock_active(&active).is_empty()
+                    && lock_owned(&active).is_empty()
                     && queue_idle(&queue, claimer.passed_over())
                 {
                     tracing::info!("queue drained; exiting");
@@ -222,7 +237,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
 
     if stopping {
         tracing::info!(
-            in_flight = lock_active(&active).len(),
+            in_flight = lock_owned(&active).len(),
             grace_sec = cfg.shutdown_grace.as_secs(),
             "shutdown requested; no new claims, waiting for running steps"
         );
@@ -232,8 +247,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             tokio::select! {
                 r = tasks.join_next() => if r.is_none() { break },
                 _ = &mut deadline => {
-                    for (_, (_, c)) in lock_active(&active).iter() {
-                        c.stop(StopReason::Shutdown);
+                    for own in lock_owned(&active).values() {
+                        own.control.stop(StopReason::Shutdown);
                     }
                     while tasks.join_next().await.is_some() {}
                     break;
@@ -255,14 +270,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     hb_stop.cancel();
     let _ = heartbeat.await;
     let _ = outbox_worker.await;
+    renewer_stop.store(true, Ordering::Release);
+    let _ = renewer.join();
     tracing::info!("runner stopped");
     Ok(())
-}
-
-fn lock_active(
-    a: &Active,
-) -> std::sync::MutexGuard<'_, HashMap<String, (fsqueue::Located, JobControl)>> {
-    a.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Nothing left for this runner: no pending job but those it passes over
@@ -309,17 +320,18 @@ fn requeue_own_leftovers(queue: &Queue, runner_id: &str) {
     }
 }
 
-/// Renews leases every third of the lease, checks cancel requests every
-/// 250 ms, reaps abandoned claims, and publishes the runner's heartbeat.
+/// Checks cancel requests every 250 ms, reaps abandoned claims, and
+/// publishes the runner's heartbeat (advisory files, no barrier). Leases
+/// are renewed elsewhere (`ownership::spawn_renewer`).
 async fn heartbeat_loop(
     ctx: Arc<Ctx>,
-    active: Active,
+    active: Owned,
     reaper: Reaper,
     lock: Arc<RunnerLock>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let cfg = &ctx.cfg;
-    let renew_every = (cfg.lease / 3).max(Duration::from_millis(100));
+    let renew_every = fsqueue::lease::renew_interval(cfg.lease);
     let reap_every = reap_interval(cfg.lease);
     // Publish the heartbeat at once, so /health sees a new runner immediately.
     let mut last_renew = Instant::now()
@@ -339,24 +351,15 @@ async fn heartbeat_loop(
         // The heartbeat is the runner's working loop: if it stalls, leases
         // are not renewed either, and systemd's watchdog restarts us.
         fsqueue::notify::watchdog();
-        let snapshot: Vec<(String, fsqueue::Located, JobControl)> = lock_active(&active)
-            .iter()
-            .map(|(k, (l, c))| (k.clone(), l.clone(), c.clone()))
-            .collect();
-        for (job_id, loc, c) in &snapshot {
-            if ctx.queue.has_request(loc, "cancel", true) {
-                tracing::info!(job_id, "cancel requested");
-                c.stop(StopReason::Cancelled);
+        let snapshot: Vec<Arc<Ownership>> = lock_owned(&active).values().cloned().collect();
+        for own in &snapshot {
+            if ctx.queue.has_request(&own.loc, "cancel", true) {
+                tracing::info!(job_id = %own.job_id, "cancel requested");
+                own.control.stop(StopReason::Cancelled);
             }
         }
         if last_renew.elapsed() >= renew_every {
             last_renew = Instant::now();
-            for (job_id, loc, c) in &snapshot {
-                if let Err(e) = fsqueue::lease::renew(loc) {
-                    tracing::warn!(job_id, error = %e, "lease lost; stopping the job");
-                    c.stop(StopReason::LeaseLost);
-                }
-            }
             let doc = serde_json::json!({
                 "runner_id": cfg.runner_id,
                 "pid": std::process::id(),
@@ -364,7 +367,7 @@ async fn heartbeat_loop(
                 "heartbeat_at": contracts::now_rfc3339(),
                 "lease_sec": cfg.lease.as_secs(),
                 "concurrency": cfg.concurrency,
-                "active_jobs": snapshot.iter().map(|(k, _, _)| k.clone()).collect::<Vec<_>>(),
+                "active_jobs": snapshot.iter().map(|o| o.job_id.clone()).collect::<Vec<_>>(),
                 "claiming": !ctx.storage.faulted(),
                 "storage_fault": ctx.storage.doc(),
             });

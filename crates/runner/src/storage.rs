@@ -182,11 +182,12 @@ fn probe(root: &Path) -> Result<(), fsqueue::durable::DurableError> {
     fsqueue::durable::remove_file(&p)
 }
 
-/// Writes an advisory file (heartbeat, metrics): durably when possible,
+/// Writes an advisory file (heartbeat, metrics): atomically (no barrier:
+/// nothing depends on it surviving a crash) when possible,
 /// else rewritten in place (no new blocks needed for a file of similar
 /// size), so a full disk can still report itself.
 pub fn write_advisory(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    match fsqueue::durable::write_file(path, bytes) {
+    match fsqueue::durable::write_file_advisory(path, bytes) {
         Ok(()) => Ok(()),
         Err(e) if path.exists() => {
             tracing::debug!(error = %e, "durable write failed; rewriting in place");

@@ -31,11 +31,15 @@
 //!   truncation marker, and a bounded tail so JSONL adapters still see the
 //!   final events of a huge transcript.
 //!
-//! Limitation: the kernel's parent-death signal needs `unsafe` (`prctl` in
-//! `pre_exec`), which the workspace forbids. Without the sandbox, an agent
-//! whose runner is SIGKILLed therefore keeps running until it exits (a
-//! graceful runner stops its agents). In sandbox mode bubblewrap's
-//! `--die-with-parent` closes that gap; docs/SECURITY.md says so.
+//! - **a parent-death signal** without `unsafe`: when the runner installs an
+//!   agent wrapper ([`set_agent_wrapper`], the `orch-runner` binary itself
+//!   in a hidden mode), every child is started through it; the wrapper sets
+//!   `PR_SET_PDEATHSIG` to SIGKILL with nix's `prctl`, checks that its
+//!   parent is still the runner, and execs the real program. An agent whose
+//!   runner is SIGKILLed dies with it. (In sandbox mode bubblewrap's
+//!   `--die-with-parent` does the same.)
+//! - **a spawn record** ([`set_spawn_observer`]): the runner records each
+//!   child's process group so a later attempt on the same host can kill it.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -599,10 +603,45 @@ pub struct Running {
     started: Instant,
 }
 
+/// The argument that puts `orch-runner` in agent-wrapper mode.
+pub const AGENT_WRAPPER_ARG: &str = "__orch-agent-exec";
+
+/// Called with (working directory, pid) of every child started.
+pub type SpawnObserver = Box<dyn Fn(&Path, u32) + Send + Sync>;
+
+static AGENT_WRAPPER: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+static SPAWN_OBSERVER: std::sync::OnceLock<SpawnObserver> = std::sync::OnceLock::new();
+
+/// Starts every later child through `wrapper AGENT_WRAPPER_ARG <ppid>
+/// <program> <args>...` (see the module docs). Set once per process.
+pub fn set_agent_wrapper(wrapper: PathBuf) {
+    let _ = AGENT_WRAPPER.set(wrapper);
+}
+
+/// Installs the process-wide spawn observer (once).
+pub fn set_spawn_observer(f: SpawnObserver) {
+    let _ = SPAWN_OBSERVER.set(f);
+}
+
 /// Starts `spec` in its own process group with exactly `spec.env`. Must be
 /// called inside a tokio runtime.
 pub fn spawn(spec: &ExecSpec) -> Result<Running, ExecError> {
-    let mut cmd = new_command(&spec.program);
+    let mut cmd = match AGENT_WRAPPER.get() {
+        Some(wrapper) => {
+            // The wrapper always exists: report a missing program as such.
+            if !spec.program.is_file() {
+                return Err(ExecError::NotFound {
+                    program: spec.program.clone(),
+                });
+            }
+            let mut c = new_command(wrapper);
+            c.arg(AGENT_WRAPPER_ARG)
+                .arg(std::process::id().to_string())
+                .arg(&spec.program);
+            c
+        }
+        None => new_command(&spec.program),
+    };
     cmd.args(&spec.args)
         .current_dir(&spec.cwd)
         .env_clear()
@@ -629,6 +668,9 @@ pub fn spawn(spec: &ExecSpec) -> Result<Running, ExecError> {
             }
         }
     })?;
+    if let (Some(obs), Some(pid)) = (SPAWN_OBSERVER.get(), child.id()) {
+        obs(&spec.cwd, pid);
+    }
     let pgid = child
         .id()
         .and_then(|id| i32::try_from(id).ok())

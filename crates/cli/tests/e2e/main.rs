@@ -7,6 +7,7 @@
 mod budget;
 mod edges;
 mod faults;
+mod fence;
 mod health;
 mod notify;
 mod pipeline;

@@ -62,7 +62,7 @@ pub(crate) fn no_sandbox() -> Value {
 }
 
 /// Processes whose working directory is `dir` (an agent of that job).
-fn procs_in(dir: &Path) -> Vec<u32> {
+pub(crate) fn procs_in(dir: &Path) -> Vec<u32> {
     let Ok(dir) = dir.canonicalize() else {
         return Vec::new();
     };

@@ -142,7 +142,8 @@ async fn expired_lease_is_requeued_then_poison_job_fails() {
         assert_eq!(cl.loc.entry.attempt, claims);
         // Fresh lease: not reaped.
         assert!(reaper.reap().unwrap().is_empty());
-        set_mtime_ago(&cl.loc.path, Duration::from_secs(31));
+        // Past lease + margin (30 s + 7.5 s).
+        set_mtime_ago(&cl.loc.path, Duration::from_secs(38));
         let out = reaper.reap().unwrap();
         assert_eq!(out.len(), 1);
         // The old owner's fencing token is now useless.
