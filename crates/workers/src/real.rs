@@ -448,7 +448,25 @@ run the runner as an unprivileged user.\n";
 /// ancestor must be searchable by others, or bubblewrap (running as the
 /// uid) could not bind them.
 fn hand_over(work: &Path, state: &Path, uid: u32) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // The job's directory and the workspaces root are orch's own (created
+    // 0750): make them traversable by others (o+x, not listable), so the
+    // sandbox uid can reach the two directories it is given. Directories
+    // above the workspaces root are the operator's: only a hint below.
+    let me = nix::unistd::geteuid().as_raw();
+    for own in work.ancestors().skip(1).take(2) {
+        if let Ok(m) = std::fs::symlink_metadata(own)
+            && m.is_dir()
+            && m.uid() == me
+            && m.mode() & 0o001 == 0
+        {
+            std::fs::set_permissions(
+                own,
+                std::fs::Permissions::from_mode(m.mode() & 0o7777 | 0o001),
+            )
+            .map_err(|e| format!("cannot make {} traversable: {e}", own.display()))?;
+        }
+    }
     for dir in [work, state] {
         for anc in dir.ancestors().skip(1) {
             if let Ok(m) = std::fs::metadata(anc)

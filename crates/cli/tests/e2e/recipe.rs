@@ -37,6 +37,12 @@ fn the_documented_real_mode_recipe_runs_verbatim() {
     let script = recipe();
     assert!(script.contains("orch-runner --drain"), "{script}");
     let tmp = tempfile::tempdir().unwrap();
+    // TMPDIR stands for /tmp, which everyone can traverse (a root runner's
+    // sandbox uid must reach the recipe's directory below it).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let bins = bin("orch").parent().unwrap().to_path_buf();
     let path = format!(
         "{}:{}",

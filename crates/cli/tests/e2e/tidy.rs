@@ -97,6 +97,23 @@ const NOT_ORCH_KNOBS: &[&str] = &[
     "API_KEY",
     // Set by `orch dev` for the services it starts.
     "ORCH_DEV",
+    // Read by the test suites and CI only (never by the binaries).
+    "ORCH_TEST_STRICT",
+    "ORCH_STORM_DELIVERIES",
+    "ORCH_FENCE_TRIALS",
+    "ORCH_FENCE_SEED",
+    // Read by the deploy scripts (deploy/stack.sh, deploy/test-compose.sh,
+    // deploy/docker/build-images.sh), documented in docs/DEPLOYMENT.md.
+    "COMPOSE_TEST_TIMEOUT",
+    "COMPOSE_TEST_SKIP_BUILD",
+    "DEBIAN_MIRROR",
+    "ORCH_ENV_FILE",
+    "ORCH_HTTP_PORT",
+    "ORCH_TAG",
+    "ORCH_BIN_DIR",
+    // Placeholders inside a variable's documented value format.
+    "FAKE_START",
+    "REAL_START",
 ];
 
 /// Registry entries not read by the code on purpose, each with the work
@@ -151,7 +168,7 @@ fn knob_like(text: &str) -> BTreeSet<String> {
 fn foreign(name: &str) -> bool {
     const PREFIXES: &[&str] = &[
         "O_", "RENAME_", "IN_", "CAP_", "PR_", "CLONE_", "AT_", "S_I", "CLOCK_", "MS_", "X_",
-        "FS_", "SQLITE_", "AF_",
+        "FS_", "SQLITE_", "AF_", "RLIMIT_", "GIT_",
     ];
     NOT_ORCH_KNOBS.contains(&name)
         || PREFIXES
@@ -180,6 +197,8 @@ fn help_texts() -> Vec<(String, String)> {
         .skip_while(|l| !l.starts_with("Commands:"))
         .skip(1)
         .take_while(|l| l.starts_with("  "))
+        // A wrapped description continues deeper indented.
+        .filter(|l| !l.starts_with("   "))
         .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
         .filter(|s| s != "help")
         .collect();
