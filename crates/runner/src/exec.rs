@@ -140,6 +140,25 @@ pub async fn run(ctx: Arc<Ctx>, claim: Claim, own: Arc<Ownership>) -> JobEnd {
     match tokio::task::spawn_blocking(move || starter.start(&runner_id)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
+            // A full or read-only disk cannot take the attempt record: the
+            // runner's fault, not the job's. The job goes back to pending
+            // as it was (a rename needs no new blocks) and this runner
+            // stops claiming, instead of leaving the claim to be reaped
+            // until the job counts as poison.
+            if let Some(kind) = crate::storage::classify(&e) {
+                ctx.storage.trip(kind, &e.to_string());
+                tracing::warn!(job_id, kind, error = %e, "storage fault before the attempt started; giving the job back to pending");
+                return match ctx
+                    .queue
+                    .move_to(&loc, State::Pending, &loc.entry.unowned())
+                {
+                    Ok(_) => JobEnd::Released,
+                    Err(e) => {
+                        tracing::error!(job_id, error = %e, "could not give the job back; its lease will expire");
+                        JobEnd::Error
+                    }
+                };
+            }
             tracing::warn!(job_id, error = %e, "attempt not started");
             return JobEnd::LeaseLost;
         }
@@ -501,10 +520,20 @@ impl JobRun {
             let arts = self.arts.clone();
             let work = self.work_dir.clone();
             let list = inputs.apply_patches_from.clone();
+            let own = self.own.clone();
             let applied = tokio::task::spawn_blocking(move || {
-                crate::handoff::apply_patches(&arts, &work, &list)
+                // git writes the workspace itself, outside the durable
+                // layer's renames: the attempt's fence is held for the
+                // whole apply, so a stale attempt applies nothing and a
+                // newer one cannot start meanwhile.
+                use fsqueue::durable::Fence as _;
+                let _held = OwnershipFence(own).hold()?;
+                Ok::<_, std::io::Error>(crate::handoff::apply_patches(&arts, &work, &list))
             })
-            .await?;
+            .await?
+            .map_err(|e| -> AnyErr {
+                Interrupt::LeaseLost(format!("hand-off refused by the attempt's fence: {e}")).into()
+            })?;
             match applied {
                 Ok(lines) => {
                     for l in lines {
