@@ -357,3 +357,18 @@ pub struct ScheduleState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
 }
+
+impl ScheduleState {
+    /// A schedule first seen at `now`, never fired.
+    pub fn new(schedule_id: &str, now: Timestamp) -> Self {
+        Self {
+            schedule_id: schedule_id.to_owned(),
+            first_seen: now,
+            last_slot: None,
+            last_job_id: None,
+            last_fired_at: None,
+            last_outcome: None,
+            last_error: None,
+        }
+    }
+}

@@ -202,15 +202,7 @@ impl Engine {
     /// slot.
     fn arm(&mut self, s: &Schedule, now: Timestamp) -> Option<Timestamp> {
         match self.states.read(&s.id) {
-            None => self.save(&ScheduleState {
-                schedule_id: s.id.clone(),
-                first_seen: now,
-                last_slot: None,
-                last_job_id: None,
-                last_fired_at: None,
-                last_outcome: None,
-                last_error: None,
-            }),
+            None => self.save(&ScheduleState::new(&s.id, now)),
             Some(st) if !self.started => {
                 let since = st.last_slot.map_or(st.first_seen, |l| l.max(st.first_seen));
                 if let Some(missed) = s.cron.prev_at_or_before(now, &s.tz)
@@ -313,15 +305,10 @@ impl Engine {
         };
         metrics::counter!("orch_schedule_fires_total", "outcome" => outcome, "kind" => kind.as_str())
             .increment(1);
-        let mut st = self.states.read(&s.id).unwrap_or(ScheduleState {
-            schedule_id: s.id.clone(),
-            first_seen: now,
-            last_slot: None,
-            last_job_id: None,
-            last_fired_at: None,
-            last_outcome: None,
-            last_error: None,
-        });
+        let mut st = self
+            .states
+            .read(&s.id)
+            .unwrap_or_else(|| ScheduleState::new(&s.id, now));
         // Whoever enqueued it, the slot's job is in the queue: the record
         // says so the same way (two schedulers write the same thing). A
         // lagging peer never moves the record backwards.

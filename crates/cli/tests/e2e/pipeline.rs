@@ -429,9 +429,23 @@ pub(crate) fn header<'a>(h: &'a [(String, String)], name: &str) -> &'a str {
         .unwrap_or("")
 }
 
+/// The `X-Orch-Signature-256` value a callback of `body` must carry when
+/// signed with `key`.
+pub(crate) fn callback_signature(key: &[u8], body: &[u8]) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key).unwrap();
+    mac.update(body);
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256={hex}")
+}
+
 #[test]
 fn callbacks_are_signed_retried_and_delivered_once_per_terminal_job() {
-    use hmac::{Hmac, KeyInit, Mac};
     let rx = Receiver::start(2);
     let url = format!("http://{}/hook?token=abc", rx.addr);
     let o = Orch::new()
@@ -459,15 +473,10 @@ fn callbacks_are_signed_retried_and_delivered_once_per_terminal_job() {
             .collect();
         assert_eq!(deliveries.len(), 1, "{deliveries:?}");
         for (h, body) in &mine {
-            let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(b"s3cret-key").unwrap();
-            mac.update(body);
-            let want: String = mac
-                .finalize()
-                .into_bytes()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            assert_eq!(header(h, "x-orch-signature-256"), format!("sha256={want}"));
+            assert_eq!(
+                header(h, "x-orch-signature-256"),
+                callback_signature(b"s3cret-key", body)
+            );
             let doc: Value = serde_json::from_slice(body).unwrap();
             assert_eq!(doc["job_id"], id.as_str());
             assert_eq!(doc["status"], status);

@@ -16,6 +16,24 @@ fn scheduler(dir: &std::path::Path) -> Command {
     c
 }
 
+/// Polls `cond` every 50 ms until it holds; fails after `limit`.
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < limit, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SIGTERMs the scheduler and checks it exits 0.
+fn stop(mut child: std::process::Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    assert!(child.wait().unwrap().success());
+}
+
 #[test]
 fn help_version_and_bad_config() {
     let d = tempfile::tempdir().unwrap();
@@ -40,20 +58,14 @@ fn help_version_and_bad_config() {
 #[test]
 fn sigterm_stops_it_cleanly() {
     let d = tempfile::tempdir().unwrap();
-    let mut child = scheduler(d.path())
+    let child = scheduler(d.path())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let t0 = std::time::Instant::now();
-    while !d.path().join("q/pending").is_dir() {
-        assert!(t0.elapsed() < std::time::Duration::from_secs(20));
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    assert!(child.wait().unwrap().success());
+    wait_for("the queue directory", Duration::from_secs(20), || {
+        d.path().join("q/pending").is_dir()
+    });
+    stop(child);
 }
 
 #[test]
@@ -119,7 +131,7 @@ fn retention_deletes_what_terminal_jobs_leave_once_old_enough_and_nothing_else()
     let ro = root.join("w/old-done-0001/work/src");
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
-    let mut child = scheduler(root)
+    let child = scheduler(root)
         .env("WORKSPACES_ROOT", root.join("w"))
         .env("RETENTION_INTERVAL_SEC", "1")
         .env("ARTIFACTS_TTL_SEC", (4 * 86_400).to_string())
@@ -127,16 +139,10 @@ fn retention_deletes_what_terminal_jobs_leave_once_old_enough_and_nothing_else()
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let t0 = Instant::now();
-    while old.exists() || root.join("w/mid-failed-0002").exists() {
-        assert!(t0.elapsed() < Duration::from_secs(20), "no sweep happened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    assert!(child.wait().unwrap().success());
+    wait_for("a sweep", Duration::from_secs(20), || {
+        !old.exists() && !root.join("w/mid-failed-0002").exists()
+    });
+    stop(child);
     let gone = |p: &str| !root.join(p).exists();
     // Older than everything: all of it, and the id is free again.
     assert!(gone("w/old-done-0001") && gone("a/old-done-0001") && gone("q/ids/old-done-0001"));
@@ -165,7 +171,7 @@ fn retention_deletes_what_terminal_jobs_leave_once_old_enough_and_nothing_else()
 
 /// Runs the scheduler with retention every second until `done` holds.
 fn sweep_until(root: &std::path::Path, what: &str, done: impl Fn() -> bool) {
-    let mut child = scheduler(root)
+    let child = scheduler(root)
         .env("WORKSPACES_ROOT", root.join("w"))
         .env("METRICS_DIR", root.join("m"))
         .env("RUNNER_LEASE_SEC", "1")
@@ -175,16 +181,8 @@ fn sweep_until(root: &std::path::Path, what: &str, done: impl Fn() -> bool) {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let t0 = Instant::now();
-    while !done() {
-        assert!(t0.elapsed() < Duration::from_secs(30), "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    assert!(child.wait().unwrap().success());
+    wait_for(what, Duration::from_secs(30), done);
+    stop(child);
 }
 
 #[test]
