@@ -420,6 +420,34 @@ fn seed_state(seed: &Path, state_dir: &Path) -> Result<(), confine::ConfineError
 }
 
 /// The outcome of a step refused for what its agent planted.
+/// A host-side write into the agent's state directory failed: a planted
+/// link or file is a `sandbox_violation`, anything else a `state_dir` error.
+fn state_dir_failure(
+    e: confine::ConfineError,
+    what: &str,
+    logs: &str,
+    elapsed: Duration,
+) -> StepOutcome {
+    match e {
+        confine::ConfineError::Violation(v) => violation_outcome(&[v.to_string()], logs, elapsed),
+        e => failure_outcome(
+            Status::Failed,
+            ErrorInfo::new("state_dir", format!("{what}: {e}")),
+            logs,
+            elapsed,
+        ),
+    }
+}
+
+/// A failed step before or without the agent's own result: the error, the
+/// logs so far with its summary appended, and the elapsed time.
+fn failure_outcome(status: Status, e: ErrorInfo, logs: &str, elapsed: Duration) -> StepOutcome {
+    let mut o = StepOutcome::failure(status, e);
+    o.logs = format!("{logs}[real] {}\n", o.summary);
+    o.metrics = base_metrics(elapsed);
+    o
+}
+
 fn violation_outcome(found: &[String], logs: &str, elapsed: Duration) -> StepOutcome {
     let mut e = ErrorInfo::new(
         confine::SANDBOX_VIOLATION,
@@ -592,10 +620,7 @@ impl RealAgent {
             spec.name, step.role, req.job_id, step.step_id, req.attempt
         );
         let fail = |status: Status, code: &str, msg: String, logs: &str| {
-            let mut o = StepOutcome::failure(status, ErrorInfo::new(code, msg));
-            o.logs = format!("{logs}[real] {}\n", o.summary);
-            o.metrics = base_metrics(t0.elapsed());
-            o
+            failure_outcome(status, ErrorInfo::new(code, msg), logs, t0.elapsed())
         };
 
         if spec.needs_git && !crate::workspace::is_git_workspace(&req.workdir) {
@@ -636,35 +661,21 @@ impl RealAgent {
         };
         let mut env_extra = match state_env(&req.state_dir, sandboxed) {
             Ok(e) => e,
-            Err(confine::ConfineError::Violation(v)) => {
-                return violation_outcome(&[v.to_string()], &logs, t0.elapsed());
-            }
             Err(e) => {
-                return fail(
-                    Status::Failed,
-                    "state_dir",
-                    format!("cannot prepare {}: {e}", req.state_dir.display()),
-                    &logs,
-                );
+                let what = format!("cannot prepare {}", req.state_dir.display());
+                return state_dir_failure(e, &what, &logs, t0.elapsed());
             }
         };
         if let Some(seed) = &cfg.state_seed_dir {
             match seed_state(seed, &req.state_dir) {
                 Ok(()) => {}
-                Err(confine::ConfineError::Violation(v)) => {
-                    return violation_outcome(&[v.to_string()], &logs, t0.elapsed());
-                }
                 Err(e) => {
-                    return fail(
-                        Status::Failed,
-                        "state_dir",
-                        format!(
-                            "cannot seed {} from {}: {e}",
-                            req.state_dir.display(),
-                            seed.display()
-                        ),
-                        &logs,
+                    let what = format!(
+                        "cannot seed {} from {}",
+                        req.state_dir.display(),
+                        seed.display()
                     );
+                    return state_dir_failure(e, &what, &logs, t0.elapsed());
                 }
             }
         }
@@ -698,16 +709,9 @@ impl RealAgent {
             let file = req.state_dir.join(&rel);
             match confine::write_beneath(&req.state_dir, &rel, req.prompt.as_bytes(), 0o600) {
                 Ok(()) => {}
-                Err(confine::ConfineError::Violation(v)) => {
-                    return violation_outcome(&[v.to_string()], &logs, t0.elapsed());
-                }
                 Err(e) => {
-                    return fail(
-                        Status::Failed,
-                        "state_dir",
-                        format!("cannot write the prompt file {}: {e}", file.display()),
-                        &logs,
-                    );
+                    let what = format!("cannot write the prompt file {}", file.display());
+                    return state_dir_failure(e, &what, &logs, t0.elapsed());
                 }
             }
             values.insert("prompt_file", file.display().to_string());
