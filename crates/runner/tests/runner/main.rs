@@ -41,6 +41,8 @@ fn invalid_configuration_is_exit_2_naming_the_variable() {
         ("LOG_JSON", "maybe"),
         ("FSYNC_MODE", "never"),
         ("PROJECT_ALIASES", "web=relative/path"),
+        ("WORKSPACE_MAX_BYTES", "0"),
+        ("WORKSPACE_MAX_FILES", "many"),
     ] {
         let out = runner(d.path())
             .env(var, val)
@@ -54,6 +56,37 @@ fn invalid_configuration_is_exit_2_naming_the_variable() {
             "{var}={val}: message does not name it: {err}"
         );
         assert!(!err.contains("panicked"), "{err}");
+    }
+    // The sandbox settings are read when real mode starts its sandbox
+    // (refused at start-up, naming the variable; that error comes from the
+    // agent registry, which exits 1, not 2).
+    if bwrap_usable() {
+        for (var, val) in [
+            ("SANDBOX_UID", "0"),
+            ("SANDBOX_UID", "4294967296"),
+            ("SANDBOX_MEMORY_MB", "lots"),
+            ("SANDBOX_MAX_PROCESSES", "-5"),
+            ("SANDBOX_CPU_SEC", "1e9"),
+            ("SANDBOX_TMP_MB", "99999999999999999999"),
+            ("SANDBOX_WORKSPACE_MB", "0"),
+        ] {
+            let out = runner(d.path())
+                .env("ENABLE_REAL_CLI", "1")
+                .env(var, val)
+                .arg("--drain")
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{var}={val} was accepted: {err}");
+            assert!(err.contains(var), "{var}={val}: {err}");
+            assert!(!err.contains("panicked"), "{err}");
+        }
+    } else {
+        assert!(
+            std::env::var("ORCH_TEST_STRICT").is_err(),
+            "bubblewrap is needed for the SANDBOX_* checks (ORCH_TEST_STRICT=1)"
+        );
+        eprintln!("SKIPPED: SANDBOX_* checks need a usable bubblewrap");
     }
     for args in [
         &["--id", "../evil"][..],
@@ -93,4 +126,15 @@ fn a_second_runner_with_the_same_id_is_refused() {
         nix::sys::signal::Signal::SIGTERM,
     );
     assert!(first.wait().unwrap().success());
+}
+
+/// Whether bubblewrap can create a sandbox here.
+#[allow(clippy::disallowed_methods)] // a probe of the test machine
+fn bwrap_usable() -> bool {
+    std::process::Command::new("bwrap")
+        .args(["--ro-bind", "/", "/", "--unshare-all", "true"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
