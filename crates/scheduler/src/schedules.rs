@@ -22,6 +22,13 @@
 //! slot: `catchup: last` fires it once, `none` skips it. While running, a
 //! scheduler that was held up past several slots (a suspended machine)
 //! fires only the latest of them.
+//!
+//! **Failed enqueues.** A slot whose job the queue refused (a full or
+//! read-only disk, say) is tried again with backoff (1 s doubling to 60 s,
+//! on the scheduler's clock) until it is enqueued or the schedule's next
+//! slot comes, which then supersedes it (as when held up past slots). The
+//! job id stays the slot's, so a retry that meets a job written by a peer
+//! meanwhile is a no-op.
 
 use artifacts::schedules::{self as files, StateStore, mark_duplicates, parse_checked};
 use contracts::schedule::{Catchup, Schedule, ScheduleState, job_id, slot_text};
@@ -51,6 +58,40 @@ struct Active {
     schedule: Schedule,
     fingerprint: u64,
     next: Option<Timestamp>,
+    /// A slot whose enqueue failed, to try again.
+    retry: Option<Retry>,
+}
+
+/// A slot to enqueue again after a failure.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    slot: Timestamp,
+    kind: Kind,
+    at: Timestamp,
+    delay_secs: i64,
+}
+
+const RETRY_FIRST_SECS: i64 = 1;
+const RETRY_MAX_SECS: i64 = 60;
+
+impl Retry {
+    fn first(slot: Timestamp, kind: Kind, now: Timestamp) -> Self {
+        Self {
+            slot,
+            kind,
+            at: now + jiff::SignedDuration::from_secs(RETRY_FIRST_SECS),
+            delay_secs: RETRY_FIRST_SECS,
+        }
+    }
+
+    fn again(self, now: Timestamp) -> Self {
+        let delay_secs = (self.delay_secs * 2).min(RETRY_MAX_SECS);
+        Self {
+            at: now + jiff::SignedDuration::from_secs(delay_secs),
+            delay_secs,
+            ..self
+        }
+    }
 }
 
 /// The schedules of one scheduler process.
@@ -87,7 +128,11 @@ impl Engine {
 
     /// The earliest armed slot.
     pub fn next_due(&self) -> Option<Timestamp> {
-        self.active.values().filter_map(|a| a.next).min()
+        self.active
+            .values()
+            .flat_map(|a| [a.next, a.retry.map(|r| r.at)])
+            .flatten()
+            .min()
     }
 
     /// Rereads the directory and re-arms what changed. The first rescan of
@@ -173,7 +218,7 @@ impl Engine {
                 continue;
             }
             let id = s.id.clone();
-            let next = self.arm(&s, now);
+            let (next, retry) = self.arm(&s, now);
             tracing::info!(
                 schedule_id = %id,
                 schedule = %s.cron,
@@ -187,6 +232,7 @@ impl Engine {
                     schedule: s,
                     fingerprint: f.fingerprint,
                     next,
+                    retry,
                 },
             );
         }
@@ -199,8 +245,9 @@ impl Engine {
 
     /// Records that the schedule is watched and, on the first rescan,
     /// handles the slot missed while no scheduler ran. Returns its next
-    /// slot.
-    fn arm(&mut self, s: &Schedule, now: Timestamp) -> Option<Timestamp> {
+    /// slot, and the missed slot to try again when its enqueue failed.
+    fn arm(&mut self, s: &Schedule, now: Timestamp) -> (Option<Timestamp>, Option<Retry>) {
+        let mut retry = None;
         match self.states.read(&s.id) {
             None => self.save(&ScheduleState::new(&s.id, now)),
             Some(st) if !self.started => {
@@ -209,7 +256,11 @@ impl Engine {
                     && missed > since
                 {
                     match s.catchup {
-                        Catchup::Last => self.fire(s, missed, Kind::Catchup, now),
+                        Catchup::Last => {
+                            if !self.fire(s, missed, Kind::Catchup, now) {
+                                retry = Some(Retry::first(missed, Kind::Catchup, now));
+                            }
+                        }
                         Catchup::None => {
                             metrics::counter!("orch_schedule_slots_skipped_total").increment(1);
                             tracing::info!(
@@ -223,15 +274,18 @@ impl Engine {
             }
             Some(_) => {}
         }
-        s.cron.next_after(now, &s.tz)
+        (s.cron.next_after(now, &s.tz), retry)
     }
 
-    /// Fires every armed schedule whose slot has come.
+    /// Fires every armed schedule whose slot has come, and tries again
+    /// the slots whose enqueue failed.
     pub fn fire_due(&mut self, now: Timestamp) {
         let due: Vec<String> = self
             .active
             .iter()
-            .filter(|(_, a)| a.next.is_some_and(|n| n <= now))
+            .filter(|(_, a)| {
+                a.next.is_some_and(|n| n <= now) || a.retry.is_some_and(|r| r.at <= now)
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in due {
@@ -240,31 +294,54 @@ impl Engine {
             };
             let s = a.schedule.clone();
             let next = a.next;
-            // Held up past several slots: the latest one fires.
-            let slot = s.cron.prev_at_or_before(now, &s.tz).or(next);
-            if let (Some(slot), Some(next)) = (slot, next)
-                && slot > next
-            {
-                metrics::counter!("orch_schedule_slots_skipped_total").increment(1);
-                tracing::warn!(
-                    schedule_id = %id,
-                    from = %slot_text(next),
-                    firing = %slot_text(slot),
-                    "the scheduler was held up past slots; firing only the latest"
-                );
-            }
-            if let Some(slot) = slot {
-                self.fire(&s, slot, Kind::OnTime, now);
+            let retry = a.retry;
+            let mut failed = None;
+            if next.is_some_and(|n| n <= now) {
+                // Held up past several slots: the latest one fires.
+                let slot = s.cron.prev_at_or_before(now, &s.tz).or(next);
+                if let (Some(slot), Some(next)) = (slot, next)
+                    && slot > next
+                {
+                    metrics::counter!("orch_schedule_slots_skipped_total").increment(1);
+                    tracing::warn!(
+                        schedule_id = %id,
+                        from = %slot_text(next),
+                        firing = %slot_text(slot),
+                        "the scheduler was held up past slots; firing only the latest"
+                    );
+                }
+                if let Some(r) = retry {
+                    // A newer slot supersedes the one still being retried.
+                    metrics::counter!("orch_schedule_slots_skipped_total").increment(1);
+                    tracing::warn!(
+                        schedule_id = %id,
+                        slot = %slot_text(r.slot),
+                        "slot never enqueued; superseded by the next slot"
+                    );
+                }
+                if let Some(slot) = slot
+                    && !self.fire(&s, slot, Kind::OnTime, now)
+                {
+                    failed = Some(Retry::first(slot, Kind::OnTime, now));
+                }
+            } else if let Some(r) = retry {
+                tracing::info!(schedule_id = %id, slot = %slot_text(r.slot), "trying the slot's enqueue again");
+                if !self.fire(&s, r.slot, r.kind, now) {
+                    failed = Some(r.again(now));
+                }
             }
             if let Some(a) = self.active.get_mut(&id) {
                 a.next = s.cron.next_after(now, &s.tz);
+                a.retry = failed;
             }
         }
     }
 
     /// Enqueues the job of one slot (a no-op when it is already enqueued)
-    /// and records the outcome in the schedule's state.
-    fn fire(&mut self, s: &Schedule, slot: Timestamp, kind: Kind, now: Timestamp) {
+    /// and records the outcome in the schedule's state. False when the
+    /// queue refused the job (worth trying again; an invalid payload is
+    /// not).
+    fn fire(&mut self, s: &Schedule, slot: Timestamp, kind: Kind, now: Timestamp) -> bool {
         let jid = job_id(&s.id, slot);
         let (outcome, error) = match s.job(slot, &self.opts) {
             Err(v) => {
@@ -317,6 +394,17 @@ impl Engine {
         } else {
             outcome
         };
+        if outcome == "error" {
+            // The slot does not count as fired: a restarted scheduler's
+            // catch-up (`catchup: last`) still sees it missed.
+            if st.last_slot.is_none_or(|l| slot >= l) {
+                st.last_fired_at = Some(now);
+                st.last_outcome = Some(recorded.to_owned());
+                st.last_error = error;
+                self.save(&st);
+            }
+            return false;
+        }
         if st.last_slot.is_none_or(|l| slot >= l) {
             st.last_slot = Some(slot);
             st.last_job_id = Some(jid);
@@ -325,6 +413,7 @@ impl Engine {
             st.last_error = error;
             self.save(&st);
         }
+        true
     }
 
     fn save(&self, st: &ScheduleState) {

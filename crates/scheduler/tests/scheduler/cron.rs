@@ -352,3 +352,38 @@ fn broken_files_are_reported_once_per_change_and_the_good_one_fires() {
         "{log}"
     );
 }
+
+#[test]
+fn a_slot_the_queue_refused_is_enqueued_once_the_queue_recovers() {
+    let site = Site::new();
+    site.write("tick.json", &every_minute("tick", "none"));
+    // Each fake minute lasts a real minute: the 00:01 slot's retries all
+    // happen before 00:02 could supersede it.
+    let c = clock("2030-01-01T00:00:58Z", 1);
+    let sched = site.start(&c, "1.log");
+    site.wait_for("the schedule armed", || {
+        site.log("1.log").contains("schedule armed")
+    });
+    // The queue's pending directory becomes unusable (a file where the
+    // directory was): the slot's enqueue fails.
+    let pending = site.root().join("q/pending");
+    let aside = site.root().join("q/pending.aside");
+    std::fs::rename(&pending, &aside).unwrap();
+    std::fs::write(&pending, b"not a directory").unwrap();
+    site.wait_for("a refused enqueue", || {
+        site.log("1.log")
+            .contains("could not enqueue the slot's job")
+    });
+    assert!(site.jobs().is_empty());
+    // The disk recovers; the retry enqueues the 00:01 slot, once.
+    std::fs::remove_file(&pending).unwrap();
+    std::fs::rename(&aside, &pending).unwrap();
+    site.wait_for("the retried slot", || {
+        site.jobs() == ["cron-tick-20300101T000100Z"]
+    });
+    stop(sched);
+    assert_eq!(site.jobs(), ["cron-tick-20300101T000100Z"]);
+    let log = site.log("1.log");
+    assert!(log.contains("trying the slot's enqueue again"), "{log}");
+    assert_eq!(count(&log, "schedule fired"), 1, "{log}");
+}
