@@ -1044,6 +1044,10 @@ impl JobRun {
         }
     }
 
+    /// Ends the job with `status`. Writes: the job's `result.json` with its
+    /// final `state.json` (after a lease check, under the fence), then the
+    /// queue move to `done/` or `failed/`, which names the running file
+    /// (see [`Self::move_with_callback`]).
     async fn finish(
         &mut self,
         status: Status,
@@ -1072,6 +1076,10 @@ impl JobRun {
         Ok(JobEnd::Finished(status))
     }
 
+    /// The job's last queue move, from its running file (the move's fencing
+    /// token: a reaped attempt no longer has it, and its move fails with
+    /// [`AttemptError::LeaseLost`]). Drops the attempt's fence registration
+    /// once the job left `running/`.
     fn move_queue(&mut self, to: State) -> Result<Located, AttemptError> {
         let entry: Entry = self.loc.entry.unowned();
         match self.ctx.queue.move_to(&self.loc, to, &entry) {
@@ -1115,6 +1123,7 @@ impl JobRun {
     }
 
     /// Parks the job in `awaiting_approval/` (needs_human / ask_human).
+    /// Writes as [`Self::finish`] does, with the step to resume at.
     async fn park(&mut self, step: &Step) -> Result<JobEnd, AttemptError> {
         let err = ErrorInfo::new(
             "needs_human",
@@ -1187,6 +1196,9 @@ impl JobRun {
         self.release_because("interrupted by runner shutdown; will resume")
     }
 
+    /// Gives the job back to `pending/`, its running step marked retryable
+    /// with `why`. Writes: `state.json` only if a renewal still succeeds
+    /// (best effort, under the fence), then the queue move.
     fn release_because(&mut self, why: &str) -> Result<(), AttemptError> {
         // Interrupted steps show as retryable so observers do not see a
         // "running" step that nobody runs.
@@ -1207,8 +1219,12 @@ impl JobRun {
         Ok(())
     }
 
-    /// An internal error (I/O, workspace preparation): fail the job with
-    /// the error recorded, unless the job is no longer ours.
+    /// The attempt ended with `e`. By its variant: `LeaseLost` touches
+    /// nothing (the job is its new owner's); when the job was stopped
+    /// (shutdown, lost lease) the stop decides; `Storage` gives the job
+    /// back and stops claiming ([`Self::give_back`]); anything else fails
+    /// the job with the error recorded, and if even that cannot be
+    /// recorded the job is given back.
     async fn fail_internal(&mut self, e: &AttemptError) -> JobEnd {
         if let AttemptError::LeaseLost(_) = e {
             self.own.lose(&e.to_string());
