@@ -9,7 +9,8 @@
 //! belongs to whichever runner reaped it.
 
 use crate::config::Config;
-use crate::ownership::{Interrupt, Ownership, OwnershipFence};
+use crate::error::AttemptError;
+use crate::ownership::{Ownership, OwnershipFence};
 use crate::prompt;
 use artifacts::{ArtifactStore, JobArtifacts, StepOutput};
 use contracts::{
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use workers::{Registry, StepOutcome, StepRequest};
+use workers::{Registry, StepOutcome, StepRequest, Worker};
 
 /// Why a job's cancellation token fired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,26 +140,27 @@ pub async fn run(ctx: Arc<Ctx>, claim: Claim, own: Arc<Ownership>) -> JobEnd {
     let runner_id = ctx.cfg.runner_id.clone();
     match tokio::task::spawn_blocking(move || starter.start(&runner_id)).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => {
+        Ok(Err(e @ AttemptError::Storage { kind, .. })) => {
             // A full or read-only disk cannot take the attempt record: the
             // runner's fault, not the job's. The job goes back to pending
             // as it was (a rename needs no new blocks) and this runner
             // stops claiming, instead of leaving the claim to be reaped
             // until the job counts as poison.
-            if let Some(kind) = crate::storage::classify(&e) {
-                ctx.storage.trip(kind, &e.to_string());
-                tracing::warn!(job_id, kind, error = %e, "storage fault before the attempt started; giving the job back to pending");
-                return match ctx
-                    .queue
-                    .move_to(&loc, State::Pending, &loc.entry.unowned())
-                {
-                    Ok(_) => JobEnd::Released,
-                    Err(e) => {
-                        tracing::error!(job_id, error = %e, "could not give the job back; its lease will expire");
-                        JobEnd::Error
-                    }
-                };
-            }
+            let kind = kind.as_str();
+            ctx.storage.trip(kind, &e.to_string());
+            tracing::warn!(job_id, kind, error = %e, "storage fault before the attempt started; giving the job back to pending");
+            return match ctx
+                .queue
+                .move_to(&loc, State::Pending, &loc.entry.unowned())
+            {
+                Ok(_) => JobEnd::Released,
+                Err(e) => {
+                    tracing::error!(job_id, error = %e, "could not give the job back; its lease will expire");
+                    JobEnd::Error
+                }
+            };
+        }
+        Ok(Err(e)) => {
             tracing::warn!(job_id, error = %e, "attempt not started");
             return JobEnd::LeaseLost;
         }
@@ -213,8 +215,6 @@ struct JobRun {
     work_dir: PathBuf,
 }
 
-type AnyErr = Box<dyn std::error::Error + Send + Sync>;
-
 impl JobRun {
     fn state(&mut self) -> &mut JobState {
         self.state.get_or_insert_with(|| JobState {
@@ -230,7 +230,7 @@ impl JobRun {
     }
 
     /// Publishes state.json, but only while we still hold the lease.
-    fn save_state(&mut self) -> Result<(), AnyErr> {
+    fn save_state(&mut self) -> Result<(), AttemptError> {
         self.check_lease()?;
         let st = self.state().clone();
         self.arts.write_state(&st)?;
@@ -239,22 +239,96 @@ impl JobRun {
 
     /// Renews the lease now and checks the owner's deadline. Publishes
     /// check again in the fence, immediately before their renames.
-    fn check_lease(&self) -> Result<(), AnyErr> {
+    fn check_lease(&self) -> Result<(), AttemptError> {
         if self.control.reason() == Some(StopReason::LeaseLost) {
-            return Err(Interrupt::LeaseLost("the attempt lost its lease".into()).into());
+            return Err(AttemptError::LeaseLost("the attempt lost its lease".into()));
         }
-        self.own.renew().map_err(AnyErr::from)
+        self.own.renew()
     }
 
-    async fn execute(&mut self) -> Result<JobEnd, AnyErr> {
-        let ctx = self.ctx.clone();
-        let cfg = &ctx.cfg;
+    /// The attempt, phase by phase. Before the first step:
+    /// [`Self::start_job`] publishes `job.json` and `state.json`;
+    /// [`Self::prepare_workspace`] fills the workspace; the registry's
+    /// preflight checks the agents. Then every step that has not succeeded
+    /// goes through [`Self::run_step`], and [`Self::decide_next`] picks the
+    /// next one from its outcome. The job ends in [`Self::finish`],
+    /// [`Self::park`], [`Self::stopped`] or [`Self::defer`]; an error
+    /// ([`AttemptError`]) ends it in `fail_internal`.
+    async fn execute(&mut self) -> Result<JobEnd, AttemptError> {
         let job_id = self.job.job_id.to_string();
-        self.work_dir = cfg.workspaces_root.join(&job_id).join("work");
-        let state_dir = cfg.workspaces_root.join(&job_id).join("state");
+        let root = self.ctx.cfg.workspaces_root.join(&job_id);
+        self.work_dir = root.join("work");
+        let state_dir = root.join("state");
 
-        // Resume: what earlier attempts recorded stays; only the job-level
-        // status and attempt change.
+        self.start_job()?;
+        if let Some(err) = self.prepare_workspace(&state_dir).await? {
+            return self.finish(Status::Failed, Some(err), &[]).await;
+        }
+        // Preflight: every agent the job names can run here (binaries
+        // allowed, present, new enough; sandbox usable). Fails fast, never
+        // retried: nothing would change on a retry.
+        if let Err(e) = self.ctx.registry.preflight(&self.job).await {
+            tracing::error!(job_id, error = %e.message, "preflight failed");
+            return self.finish(Status::Failed, Some(e), &[]).await;
+        }
+
+        let mut context = self.load_context();
+        let mut i = 0usize;
+        let mut continued: Vec<String> = Vec::new();
+        let (mut end_status, mut end_error) = loop {
+            let Some(step) = self.job.steps.get(i).cloned() else {
+                break (Status::Success, None);
+            };
+            let done = self
+                .state()
+                .steps
+                .get(step.step_id.as_str())
+                .is_some_and(|s| s.status == Status::Success);
+            if done {
+                i += 1;
+                continue;
+            }
+            if let Some(why) = self.control.reason() {
+                return self.stopped(why).await;
+            }
+            let result = match self.run_step(&step, &mut context, &state_dir).await {
+                Err(AttemptError::Deferred(d)) => return self.defer(d),
+                r => r?,
+            };
+            if crate::budget::refused(&result) {
+                // Over budget ends the job whatever on_failure says.
+                break (Status::Failed, Some(step_failure(&step, &result)));
+            }
+            if let Some(why) = self.control.reason()
+                && why != StopReason::Cancelled
+            {
+                return self.stopped(why).await;
+            }
+            match self.decide_next(i, &step, &result, &mut continued) {
+                Next::Step(n) => i = n,
+                Next::End(status, error) => break (status, error),
+                Next::Park => return self.park(&step).await,
+            }
+        };
+        if end_status == Status::Success && !continued.is_empty() {
+            end_status = Status::Failed;
+            end_error = Some(ErrorInfo::new(
+                "steps_failed_continued",
+                format!(
+                    "the job ran to the end, but these steps failed and were continued past (on_failure: continue): {}",
+                    continued.join(", ")
+                ),
+            ));
+        }
+        self.finish(end_status, end_error, &continued).await
+    }
+
+    /// Phase 1, the attempt's first publish. Resumes `state.json` from what
+    /// earlier attempts recorded (only the job-level status and attempt
+    /// change) and publishes it with `job.json`. Writes: `job.json`,
+    /// `state.json`, after a lease check, each rename under the fence.
+    fn start_job(&mut self) -> Result<(), AttemptError> {
+        let job_id = self.job.job_id.to_string();
         let prev = self.arts.read_state().ok().flatten();
         let resumed = prev.is_some();
         let mut st = prev.unwrap_or(JobState {
@@ -289,7 +363,19 @@ impl JobRun {
             attempt = self.loc.entry.attempt,
             "job started"
         );
+        Ok(())
+    }
 
+    /// Phase 2: prepares the workspace (`work/`, from the job's source) and
+    /// creates its `state/` directory. Writes: the workspace, through the
+    /// durable layer, whose renames pass the fence. `Ok(Some(_))`: a
+    /// refused or oversized source, which fails the job with its reason (a
+    /// retry would meet the same source).
+    async fn prepare_workspace(
+        &mut self,
+        state_dir: &Path,
+    ) -> Result<Option<ErrorInfo>, AttemptError> {
+        let cfg = &self.ctx.cfg;
         let source = self.workspace_source()?;
         let excludes = [
             abs(&cfg.queue_root),
@@ -297,33 +383,28 @@ impl JobRun {
             abs(&cfg.workspaces_root),
         ];
         let work = self.work_dir.clone();
-        let src = source.clone();
         let limits = cfg.workspace_limits;
         let prepared = tokio::task::spawn_blocking(move || {
-            workers::prepare_with_limits(src.as_deref(), &work, &excludes, limits)
+            workers::prepare_with_limits(source.as_deref(), &work, &excludes, limits)
         })
         .await?;
-        // A refused or oversized source fails the job with its reason; a
-        // retry would meet the same source.
         if let Err(e) = prepared {
             // Stopping (shutdown, lost lease) wins: the job is released.
             if self.control.reason().is_some() {
                 return Err(e.into());
             }
-            tracing::error!(job_id, error = %e, "workspace preparation failed");
-            let err = ErrorInfo::new("workspace", e.to_string());
-            return self.finish(Status::Failed, Some(err), &[]).await;
+            tracing::error!(job_id = %self.job.job_id, error = %e, "workspace preparation failed");
+            return Ok(Some(ErrorInfo::new("workspace", e.to_string())));
         }
-        fsqueue::durable::create_dir_all(&state_dir)?;
+        fsqueue::durable::create_dir_all(state_dir)?;
+        Ok(None)
+    }
 
-        // Preflight: every agent the job names can run here (binaries
-        // allowed, present, new enough; sandbox usable). Fails fast, never
-        // retried: nothing would change on a retry.
-        if let Err(e) = self.ctx.registry.preflight(&self.job).await {
-            tracing::error!(job_id, error = %e.message, "preflight failed");
-            return self.finish(Status::Failed, Some(e), &[]).await;
-        }
-
+    /// The conversation so far (`context.json` of an earlier attempt, else
+    /// the submitted `context_window`), normalised by the strategy before
+    /// the first step sees it (a no-op on an already normalised one).
+    /// Reads only.
+    fn load_context(&self) -> ContextDoc {
         let mut context = match self.arts.read_context().ok().flatten() {
             Some(c) => c,
             None => ContextDoc {
@@ -332,113 +413,74 @@ impl JobRun {
                 updated_at: now_rfc3339(),
             },
         };
-        // The submitted context_window is normalised by the strategy before
-        // the first step sees it (a no-op on an already normalised one).
         apply_strategy(&mut context);
+        context
+    }
 
-        let mut i = 0usize;
-        let mut continued: Vec<String> = Vec::new();
-        let mut end_status = Status::Success;
-        let mut end_error: Option<ErrorInfo> = None;
-        while i < self.job.steps.len() {
-            let step = self.job.steps[i].clone();
-            let done = self
-                .state()
-                .steps
-                .get(step.step_id.as_str())
-                .is_some_and(|s| s.status == Status::Success);
-            if done {
-                i += 1;
-                continue;
-            }
-            if let Some(why) = self.control.reason() {
-                return self.stopped(why).await;
-            }
-            let result = match self.run_step(&step, &mut context, &state_dir).await {
-                Err(e) if e.is::<crate::budget::Deferred>() => return self.defer(e),
-                r => r?,
-            };
-            if crate::budget::refused(&result) {
-                // Over budget ends the job whatever on_failure says.
-                end_status = Status::Failed;
-                end_error = Some(step_failure(&step, &result));
-                break;
-            }
-            if let Some(why) = self.control.reason()
-                && why != StopReason::Cancelled
-            {
-                return self.stopped(why).await;
-            }
-            match result.status {
-                Status::Success => i += 1,
-                Status::Cancelled => {
-                    end_status = Status::Cancelled;
-                    end_error = Some(ErrorInfo::new(
-                        "cancelled",
-                        "the job was cancelled by an operator",
-                    ));
-                    break;
+    /// The last phase of a step: where the job goes after step `i` ended
+    /// with `result` (success, cancel, `needs_human`, or the step's
+    /// `on_failure`). Writes nothing durable: a `goto` changes the
+    /// in-memory state (its count, and the steps to run again), which the
+    /// next step's `begin_step` publishes, so a reclaim or resume keeps it.
+    fn decide_next(
+        &mut self,
+        i: usize,
+        step: &Step,
+        result: &ResultDoc,
+        continued: &mut Vec<String>,
+    ) -> Next {
+        match result.status {
+            Status::Success => Next::Step(i + 1),
+            Status::Cancelled => Next::End(
+                Status::Cancelled,
+                Some(ErrorInfo::new(
+                    "cancelled",
+                    "the job was cancelled by an operator",
+                )),
+            ),
+            Status::NeedsHuman => Next::Park,
+            _ => match &step.on_failure {
+                OnFailure::Stop => Next::End(Status::Failed, Some(step_failure(step, result))),
+                OnFailure::Continue => {
+                    tracing::warn!(job_id = %self.job.job_id, step_id = %step.step_id, "step failed; continuing as configured");
+                    continued.push(step.step_id.to_string());
+                    Next::Step(i + 1)
                 }
-                Status::NeedsHuman => return self.park(&step).await,
-                _ => match &step.on_failure {
-                    OnFailure::Stop => {
-                        end_status = Status::Failed;
-                        end_error = Some(step_failure(&step, &result));
-                        break;
-                    }
-                    OnFailure::Continue => {
-                        tracing::warn!(job_id, step_id = %step.step_id, "step failed; continuing as configured");
-                        continued.push(step.step_id.to_string());
-                        i += 1;
-                    }
-                    OnFailure::AskHuman => return self.park(&step).await,
-                    OnFailure::Goto(target) => {
-                        // Counted in state.json (saved with the next step's
-                        // start), so a reclaim or resume keeps the count.
-                        let taken = self.state().gotos;
-                        if taken >= self.ctx.cfg.max_goto {
-                            end_status = Status::Failed;
-                            end_error = Some(ErrorInfo::new(
+                OnFailure::AskHuman => Next::Park,
+                OnFailure::Goto(target) => {
+                    let taken = self.state().gotos;
+                    if taken >= self.ctx.cfg.max_goto {
+                        return Next::End(
+                            Status::Failed,
+                            Some(ErrorInfo::new(
                                 "goto_limit",
                                 format!(
                                     "step {} failed and its goto:{target} was taken {taken} times already, the most RUNNER_MAX_GOTO={} allows",
                                     step.step_id, self.ctx.cfg.max_goto
                                 ),
-                            ));
-                            break;
-                        }
-                        self.state().gotos = taken + 1;
-                        let t = self.job.step_index(target.as_str()).unwrap_or(i);
-                        // Steps from the target on run again.
-                        let ids: Vec<String> = self.job.steps[t..=i.max(t)]
-                            .iter()
-                            .map(|s| s.step_id.to_string())
-                            .collect();
-                        for id in ids {
-                            if let Some(s) = self.state().steps.get_mut(&id) {
-                                s.status = Status::Retryable;
-                            }
-                        }
-                        i = t;
+                            )),
+                        );
                     }
-                },
-            }
+                    self.state().gotos = taken + 1;
+                    let t = self.job.step_index(target.as_str()).unwrap_or(i);
+                    // Steps from the target on run again.
+                    let ids: Vec<String> = self.job.steps[t..=i.max(t)]
+                        .iter()
+                        .map(|s| s.step_id.to_string())
+                        .collect();
+                    for id in ids {
+                        if let Some(s) = self.state().steps.get_mut(&id) {
+                            s.status = Status::Retryable;
+                        }
+                    }
+                    Next::Step(t)
+                }
+            },
         }
-        if end_status == Status::Success && !continued.is_empty() {
-            end_status = Status::Failed;
-            end_error = Some(ErrorInfo::new(
-                "steps_failed_continued",
-                format!(
-                    "the job ran to the end, but these steps failed and were continued past (on_failure: continue): {}",
-                    continued.join(", ")
-                ),
-            ));
-        }
-        self.finish(end_status, end_error, &continued).await
     }
 
     /// The directory the workspace is prepared from, if any.
-    fn workspace_source(&self) -> Result<Option<PathBuf>, AnyErr> {
+    fn workspace_source(&self) -> Result<Option<PathBuf>, AttemptError> {
         if let Some(pid) = &self.job.project_id {
             let path = self
                 .ctx
@@ -448,7 +490,9 @@ impl JobRun {
                 .find(|(id, _)| id == pid)
                 .map(|(_, p)| p.clone())
                 .ok_or_else(|| {
-                    format!("project_id {pid:?} is not configured in PROJECT_ALIASES")
+                    AttemptError::Invalid(format!(
+                        "project_id {pid:?} is not configured in PROJECT_ALIASES"
+                    ))
                 })?;
             return Ok(Some(path));
         }
@@ -456,100 +500,41 @@ impl JobRun {
         if trusted && self.job.workdir != "." {
             let p = PathBuf::from(&self.job.workdir);
             if !p.is_absolute() {
-                return Err(format!(
+                return Err(AttemptError::Invalid(format!(
                     "workdir {:?} is relative; submit it as an absolute path",
                     self.job.workdir
-                )
-                .into());
+                )));
             }
             if !p.is_dir() {
-                return Err(format!("workdir {} is not a directory", p.display()).into());
+                return Err(AttemptError::Invalid(format!(
+                    "workdir {} is not a directory",
+                    p.display()
+                )));
             }
             return Ok(Some(p));
         }
         Ok(None)
     }
 
+    /// One step, from its start to its published outcome, in phases:
+    /// [`Self::begin_step`] → [`Self::hand_off`] → [`Self::run_attempts`]
+    /// → [`Self::collect`] → [`Self::publish_step`]. Every durable write
+    /// is in `begin_step`, `hand_off`, `run_attempts` (a retry's attempt
+    /// number) and `publish_step`; each checks the lease first and passes
+    /// the attempt's fence. A stop from outside (shutdown, lost lease)
+    /// between `run_attempts` and `collect` publishes nothing more
+    /// ([`AttemptError::Stopped`]).
     async fn run_step(
         &mut self,
         step: &Step,
         context: &mut ContextDoc,
         state_dir: &Path,
-    ) -> Result<ResultDoc, AnyErr> {
-        let job_id = self.job.job_id.to_string();
-        let sid = step.step_id.to_string();
+    ) -> Result<ResultDoc, AttemptError> {
         let started_at = now_rfc3339();
-        // Attempts are numbered across runs of the step: a step resumed
-        // after approval, a reaped claim, a shutdown or a `goto` continues
-        // from the attempts it already made, so `attempts` counts every
-        // attempt that really happened. Each run gets a fresh retry budget.
-        let base = self
-            .state()
-            .steps
-            .get(&sid)
-            .filter(|s| s.status != Status::Success)
-            .map(|s| s.attempt)
-            .unwrap_or(0);
-        {
-            let st = self.state();
-            st.current_step = Some(sid.clone());
-            st.steps.insert(
-                sid.clone(),
-                StepState {
-                    status: Status::Running,
-                    attempt: base + 1,
-                    agent: step.agent.clone(),
-                    role: step.role.clone(),
-                    started_at: Some(started_at.clone()),
-                    finished_at: None,
-                    summary: String::new(),
-                },
-            );
-        }
-        self.check_lease()?;
-        let st = self.state().clone();
-        self.arts.begin_step_with_state(step, base + 1, Some(&st))?;
-
-        // Hand-off: what this step reads, and which patches it starts from.
-        let index = self.job.step_index(step.step_id.as_str()).unwrap_or(0);
-        let st = self.state().clone();
-        let inputs = crate::handoff::inputs(&self.job, index, &st, &self.arts);
-        let mut pre_logs = format!("[orch] {}\n", inputs.note);
-        let mut pre_failure: Option<StepOutcome> = None;
-        if !inputs.apply_patches_from.is_empty() {
-            let arts = self.arts.clone();
-            let work = self.work_dir.clone();
-            let list = inputs.apply_patches_from.clone();
-            let own = self.own.clone();
-            let applied = tokio::task::spawn_blocking(move || {
-                // git writes the workspace itself, outside the durable
-                // layer's renames: the attempt's fence is held for the
-                // whole apply, so a stale attempt applies nothing and a
-                // newer one cannot start meanwhile.
-                use fsqueue::durable::Fence as _;
-                let _held = OwnershipFence(own).hold()?;
-                Ok::<_, std::io::Error>(crate::handoff::apply_patches(&arts, &work, &list))
-            })
-            .await?
-            .map_err(|e| -> AnyErr {
-                Interrupt::LeaseLost(format!("hand-off refused by the attempt's fence: {e}")).into()
-            })?;
-            match applied {
-                Ok(lines) => {
-                    for l in lines {
-                        pre_logs.push_str(&format!("[orch] apply_patches_from: {l}\n"));
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(job_id, step_id = %sid, code = %e.code, error = %e.message, "apply_patches_from failed");
-                    pre_logs.push_str(&format!("[orch] {}\n", e.message));
-                    // Not retryable: the same patches meet the same workspace.
-                    pre_failure = Some(StepOutcome::failure(Status::Failed, e));
-                }
-            }
-        }
+        let base = self.begin_step(step, &started_at)?;
+        let handoff = self.hand_off(step).await?;
         let mut prompt_step = step.clone();
-        prompt_step.input_artifacts = inputs.input_artifacts;
+        prompt_step.input_artifacts = handoff.input_artifacts;
         let prompt = prompt::build(
             &self.job,
             &prompt_step,
@@ -562,10 +547,128 @@ impl JobRun {
         // step's patch.diff holds only its own change.
         let work = self.work_dir.clone();
         let before = tokio::task::spawn_blocking(move || workers::Snapshot::take(&work)).await??;
+        let t0 = Instant::now();
+        let (mut outcome, attempt) = self
+            .run_attempts(step, base, handoff.pre_failure, &prompt, state_dir)
+            .await?;
+        if let Some(why) = self.control.reason()
+            && why != StopReason::Cancelled
+        {
+            return Err(AttemptError::Stopped(why));
+        }
+        outcome.logs = format!("{}{}", handoff.pre_logs, outcome.logs);
+        let collected = self
+            .collect(step, outcome, attempt, before, t0, started_at)
+            .await?;
+        self.publish_step(step, attempt, collected, context)
+    }
 
+    /// Step phase 1: marks the step running and announces its first
+    /// attempt. Attempts are numbered across runs of the step: a step
+    /// resumed after approval, a reaped claim, a shutdown or a `goto`
+    /// continues from the attempts it already made, so `attempts` counts
+    /// every attempt that really happened; each run gets a fresh retry
+    /// budget. Returns the attempts made before this run. Writes: the
+    /// step's running `result.json` and `state.json`, after a lease check,
+    /// under the fence.
+    fn begin_step(&mut self, step: &Step, started_at: &str) -> Result<u32, AttemptError> {
+        let sid = step.step_id.to_string();
+        let base = self
+            .state()
+            .steps
+            .get(&sid)
+            .filter(|s| s.status != Status::Success)
+            .map(|s| s.attempt)
+            .unwrap_or(0);
+        {
+            let st = self.state();
+            st.current_step = Some(sid.clone());
+            st.steps.insert(
+                sid,
+                StepState {
+                    status: Status::Running,
+                    attempt: base + 1,
+                    agent: step.agent.clone(),
+                    role: step.role.clone(),
+                    started_at: Some(started_at.to_owned()),
+                    finished_at: None,
+                    summary: String::new(),
+                },
+            );
+        }
+        self.check_lease()?;
+        let st = self.state().clone();
+        self.arts.begin_step_with_state(step, base + 1, Some(&st))?;
+        Ok(base)
+    }
+
+    /// Step phase 2, the hand-off (`handoff`): what this step reads, and
+    /// the patches it starts from, applied to the workspace. Writes: the
+    /// workspace, by git, outside the durable layer's renames, so the
+    /// attempt's fence is held for the whole apply: a stale attempt
+    /// applies nothing and a newer one cannot start meanwhile (a refused
+    /// fence is [`AttemptError::LeaseLost`]). A patch that does not apply
+    /// becomes the step's outcome (`pre_failure`), not an error.
+    async fn hand_off(&mut self, step: &Step) -> Result<Handoff, AttemptError> {
+        let index = self.job.step_index(step.step_id.as_str()).unwrap_or(0);
+        let st = self.state().clone();
+        let inputs = crate::handoff::inputs(&self.job, index, &st, &self.arts);
+        let mut pre_logs = format!("[orch] {}\n", inputs.note);
+        let mut pre_failure: Option<StepOutcome> = None;
+        if !inputs.apply_patches_from.is_empty() {
+            let arts = self.arts.clone();
+            let work = self.work_dir.clone();
+            let list = inputs.apply_patches_from.clone();
+            let own = self.own.clone();
+            let applied = tokio::task::spawn_blocking(move || {
+                use fsqueue::durable::Fence as _;
+                let _held = OwnershipFence(own).hold()?;
+                Ok::<_, std::io::Error>(crate::handoff::apply_patches(&arts, &work, &list))
+            })
+            .await?
+            .map_err(|e| {
+                AttemptError::LeaseLost(format!("hand-off refused by the attempt's fence: {e}"))
+            })?;
+            match applied {
+                Ok(lines) => {
+                    for l in lines {
+                        pre_logs.push_str(&format!("[orch] apply_patches_from: {l}\n"));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(job_id = %self.job.job_id, step_id = %step.step_id, code = %e.code, error = %e.message, "apply_patches_from failed");
+                    pre_logs.push_str(&format!("[orch] {}\n", e.message));
+                    // Not retryable: the same patches meet the same workspace.
+                    pre_failure = Some(StepOutcome::failure(Status::Failed, e));
+                }
+            }
+        }
+        Ok(Handoff {
+            input_artifacts: inputs.input_artifacts,
+            pre_logs,
+            pre_failure,
+        })
+    }
+
+    /// Step phase 3: the agent's attempts, with the budget gate before each
+    /// and backoff between retryable ones, until one is final, the retries
+    /// are used up, or the job is stopped (an operator's cancel becomes a
+    /// `cancelled` outcome). Returns the last outcome and its attempt
+    /// number. Writes: `state.json` with the attempt number of every retry
+    /// (after a lease check, under the fence); the agent writes the
+    /// workspace. Over budget with `defer`: [`AttemptError::Deferred`].
+    async fn run_attempts(
+        &mut self,
+        step: &Step,
+        base: u32,
+        mut pre_failure: Option<StepOutcome>,
+        prompt: &str,
+        state_dir: &Path,
+    ) -> Result<(StepOutcome, u32), AttemptError> {
+        let job_id = self.job.job_id.to_string();
+        let sid = step.step_id.to_string();
         let worker = self.ctx.registry.get(&step.agent);
         let max_attempts = step.max_retries.saturating_add(1);
-        let t0 = Instant::now();
         let mut outcome: StepOutcome;
         let mut attempt = 0u32;
         loop {
@@ -586,7 +689,7 @@ impl JobRun {
                 job_id: self.job.job_id.clone(),
                 step: step.clone(),
                 attempt,
-                prompt: prompt.clone(),
+                prompt: prompt.to_owned(),
                 workdir: self.work_dir.clone(),
                 state_dir: state_dir.to_path_buf(),
                 goal: self.job.goal.clone(),
@@ -598,16 +701,14 @@ impl JobRun {
             {
                 None | Some(crate::budget::Admit::Go(None)) => None,
                 Some(crate::budget::Admit::Go(r)) => r,
-                Some(crate::budget::Admit::Defer(d)) => return Err(Box::new(d)),
+                Some(crate::budget::Admit::Defer(d)) => return Err(AttemptError::Deferred(d)),
                 Some(crate::budget::Admit::Refuse(o)) => {
                     outcome = *o;
                     if !outcome.is_retryable() || attempt - base >= max_attempts {
                         break;
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff(step.retry_backoff_sec, attempt - base)) => {}
-                        _ = self.control.cancel.cancelled() => {}
-                    }
+                    self.pause(backoff(step.retry_backoff_sec, attempt - base))
+                        .await;
                     if self.control.reason() == Some(StopReason::Cancelled) {
                         outcome = StepOutcome::cancelled("cancelled by an operator");
                     }
@@ -618,39 +719,7 @@ impl JobRun {
                 }
             };
             let a0 = Instant::now();
-            outcome = match &worker {
-                None => StepOutcome::failure(
-                    Status::Failed,
-                    ErrorInfo::new(
-                        "unknown_agent",
-                        format!("agent {:?} is not available on this runner", step.agent),
-                    ),
-                ),
-                Some(w) => {
-                    let child = self.control.cancel.child_token();
-                    // Real agents enforce timeout_sec themselves (TERM, then
-                    // KILL of the process group) and report `timeout`; the
-                    // outer limit is the backstop.
-                    let margin = if self.ctx.registry.is_real() { 10 } else { 0 };
-                    let limit = Duration::from_secs(u64::from(step.timeout_sec) + margin);
-                    match tokio::time::timeout(limit, w.run(&req, child.clone())).await {
-                        Ok(o) => o,
-                        Err(_) => {
-                            child.cancel();
-                            StepOutcome::failure(
-                                Status::Timeout,
-                                ErrorInfo::new(
-                                    "timeout",
-                                    format!(
-                                        "the attempt ran longer than timeout_sec={}",
-                                        step.timeout_sec
-                                    ),
-                                ),
-                            )
-                        }
-                    }
-                }
-            };
+            outcome = self.run_agent(worker.as_ref(), &req).await;
             self.ctx.budget.settle(reservation, &outcome);
             let agent = step.agent.clone();
             metrics::counter!("orch_step_attempts_total", "agent" => agent.clone(), "status" => outcome.status.as_str())
@@ -668,19 +737,73 @@ impl JobRun {
             if !retryable || attempt - base >= max_attempts {
                 break;
             }
-            let delay = backoff(step.retry_backoff_sec, attempt - base);
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = self.control.cancel.cancelled() => {}
+            self.pause(backoff(step.retry_backoff_sec, attempt - base))
+                .await;
+        }
+        Ok((outcome, attempt))
+    }
+
+    /// Sleeps `delay` between attempts; a stop of the job ends it early.
+    async fn pause(&self, delay: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = self.control.cancel.cancelled() => {}
+        }
+    }
+
+    /// One attempt of the agent, `None` when this runner does not have it.
+    /// Real agents enforce `timeout_sec` themselves (TERM, then KILL of the
+    /// process group) and report `timeout`; the outer limit here is the
+    /// backstop. Writes nothing itself (the agent writes the workspace).
+    async fn run_agent(&self, worker: Option<&Arc<dyn Worker>>, req: &StepRequest) -> StepOutcome {
+        let step = &req.step;
+        let Some(w) = worker else {
+            return StepOutcome::failure(
+                Status::Failed,
+                ErrorInfo::new(
+                    "unknown_agent",
+                    format!("agent {:?} is not available on this runner", step.agent),
+                ),
+            );
+        };
+        let child = self.control.cancel.child_token();
+        let margin = if self.ctx.registry.is_real() { 10 } else { 0 };
+        let limit = Duration::from_secs(u64::from(step.timeout_sec) + margin);
+        match tokio::time::timeout(limit, w.run(req, child.clone())).await {
+            Ok(o) => o,
+            Err(_) => {
+                child.cancel();
+                StepOutcome::failure(
+                    Status::Timeout,
+                    ErrorInfo::new(
+                        "timeout",
+                        format!(
+                            "the attempt ran longer than timeout_sec={}",
+                            step.timeout_sec
+                        ),
+                    ),
+                )
             }
         }
-        if let Some(why) = self.control.reason()
-            && why != StopReason::Cancelled
-        {
-            return Err(Interrupt::Stopped(why).into());
-        }
+    }
+
+    /// Step phase 4: turns the last outcome into the step's result: the
+    /// workspace's change since `before` (its `patch.diff`), every output
+    /// scanned for secrets and redacted (`SECRETS_POLICY=fail` fails the
+    /// step), metrics and summary. Reads the workspace; writes nothing.
+    async fn collect(
+        &self,
+        step: &Step,
+        outcome: StepOutcome,
+        attempt: u32,
+        before: workers::Snapshot,
+        t0: Instant,
+        started_at: String,
+    ) -> Result<Collected, AttemptError> {
+        let job_id = self.job.job_id.to_string();
+        let sid = step.step_id.to_string();
         // An exhausted retryable failure is a failure; a timeout stays a timeout.
-        let status = match outcome.status {
+        let mut status = match outcome.status {
             Status::Retryable => Status::Failed,
             s => s,
         };
@@ -695,10 +818,7 @@ impl JobRun {
             "changed"
         };
         let finished_at = now_rfc3339();
-        let mut outcome = outcome;
-        outcome.logs = format!("{pre_logs}{}", outcome.logs);
         let mut out = scrub(outcome, patch, &self.ctx.cfg.sensitive_env);
-        let mut status = status;
         let secrets_check = if out.found.is_empty() {
             "passed"
         } else {
@@ -742,15 +862,15 @@ impl JobRun {
         let result = ResultDoc {
             schema_version: contracts::SCHEMA_VERSION.into(),
             kind: ResultKind::Step,
-            job_id: job_id.clone(),
-            step_id: Some(sid.clone()),
+            job_id,
+            step_id: Some(sid),
             agent: Some(step.agent.clone()),
             role: Some(step.role.clone()),
             status,
             attempts: attempt.clamp(1, 50),
-            started_at: started_at.clone(),
-            finished_at: finished_at.clone(),
-            summary: summary.clone(),
+            started_at,
+            finished_at,
+            summary,
             change_status: Some(change_status.into()),
             secrets_check: Some(secrets_check.into()),
             artifacts: artifacts::step_result_paths(&step.step_id),
@@ -758,23 +878,36 @@ impl JobRun {
             error: out.error.take(),
             steps: None,
         };
-        {
-            let st = self.state();
-            st.steps.insert(
-                sid.clone(),
-                StepState {
-                    status,
-                    attempt,
-                    agent: step.agent.clone(),
-                    role: step.role.clone(),
-                    started_at: Some(started_at),
-                    finished_at: Some(finished_at),
-                    summary: summary.clone(),
-                },
-            );
-        }
-        // Context: what was asked, and how it went; published together with
-        // the step's final state.
+        Ok(Collected { result, out })
+    }
+
+    /// Step phase 5, the step's last publish: its final state, the context
+    /// (what was asked, and how it went) and its artifacts (`report.md`,
+    /// `patch.diff`, `logs.txt`, raw output, `result.json`) together, after
+    /// a lease check, every rename under the fence.
+    fn publish_step(
+        &mut self,
+        step: &Step,
+        attempt: u32,
+        collected: Collected,
+        context: &mut ContextDoc,
+    ) -> Result<ResultDoc, AttemptError> {
+        let Collected { result, out } = collected;
+        let sid = step.step_id.to_string();
+        let status = result.status;
+        let summary = result.summary.clone();
+        self.state().steps.insert(
+            sid.clone(),
+            StepState {
+                status,
+                attempt,
+                agent: step.agent.clone(),
+                role: step.role.clone(),
+                started_at: Some(result.started_at.clone()),
+                finished_at: Some(result.finished_at.clone()),
+                summary: summary.clone(),
+            },
+        );
         context.messages.push(ContextMessage {
             role: "user".into(),
             content: format!("[{sid}] {}", step.prompt),
@@ -911,12 +1044,16 @@ impl JobRun {
         }
     }
 
+    /// Ends the job with `status`. Writes: the job's `result.json` with its
+    /// final `state.json` (after a lease check, under the fence), then the
+    /// queue move to `done/` or `failed/`, which names the running file
+    /// (see [`Self::move_with_callback`]).
     async fn finish(
         &mut self,
         status: Status,
         error: Option<ErrorInfo>,
         continued: &[String],
-    ) -> Result<JobEnd, AnyErr> {
+    ) -> Result<JobEnd, AttemptError> {
         let result = self.job_result(status, error, continued);
         {
             let st = self.state();
@@ -939,7 +1076,11 @@ impl JobRun {
         Ok(JobEnd::Finished(status))
     }
 
-    fn move_queue(&mut self, to: State) -> Result<Located, AnyErr> {
+    /// The job's last queue move, from its running file (the move's fencing
+    /// token: a reaped attempt no longer has it, and its move fails with
+    /// [`AttemptError::LeaseLost`]). Drops the attempt's fence registration
+    /// once the job left `running/`.
+    fn move_queue(&mut self, to: State) -> Result<Located, AttemptError> {
         let entry: Entry = self.loc.entry.unowned();
         match self.ctx.queue.move_to(&self.loc, to, &entry) {
             Ok(l) => {
@@ -949,9 +1090,9 @@ impl JobRun {
             Err(e @ QueueError::LeaseLost { .. }) => {
                 self.own
                     .lose("the running file is gone before the final move");
-                Err(Box::new(e))
+                Err(e.into())
             }
-            Err(e) => Err(Box::new(e)),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -960,7 +1101,11 @@ impl JobRun {
     /// after the move: the receiver never hears of an outcome the queue
     /// does not show, and a crash between the two loses nothing (see
     /// `outbox`).
-    fn move_with_callback(&mut self, to: State, result: &ResultDoc) -> Result<Located, AnyErr> {
+    fn move_with_callback(
+        &mut self,
+        to: State,
+        result: &ResultDoc,
+    ) -> Result<Located, AttemptError> {
         let Some(url) = self.job.callback_url.as_deref() else {
             return self.move_queue(to);
         };
@@ -978,7 +1123,8 @@ impl JobRun {
     }
 
     /// Parks the job in `awaiting_approval/` (needs_human / ask_human).
-    async fn park(&mut self, step: &Step) -> Result<JobEnd, AnyErr> {
+    /// Writes as [`Self::finish`] does, with the step to resume at.
+    async fn park(&mut self, step: &Step) -> Result<JobEnd, AttemptError> {
         let err = ErrorInfo::new(
             "needs_human",
             format!(
@@ -1002,7 +1148,7 @@ impl JobRun {
     }
 
     /// The job was stopped from outside, between or during steps.
-    async fn stopped(&mut self, why: StopReason) -> Result<JobEnd, AnyErr> {
+    async fn stopped(&mut self, why: StopReason) -> Result<JobEnd, AttemptError> {
         match why {
             StopReason::LeaseLost => {
                 tracing::warn!(job_id = %self.job.job_id, "lease lost; abandoning the job to its new owner");
@@ -1022,8 +1168,7 @@ impl JobRun {
     /// Over budget with `BUDGET_EXCEEDED_ACTION=defer`: the refused attempt
     /// is taken back (it never ran) and the job returns to `pending/` with a
     /// not-before time, so no runner claims it before the UTC day rolls.
-    fn defer(&mut self, e: AnyErr) -> Result<JobEnd, AnyErr> {
-        let d = e.downcast::<crate::budget::Deferred>()?;
+    fn defer(&mut self, d: crate::budget::Deferred) -> Result<JobEnd, AttemptError> {
         let cur = self.state().current_step.clone();
         if let Some(cur) = cur
             && let Some(s) = self.state().steps.get_mut(&cur)
@@ -1040,18 +1185,21 @@ impl JobRun {
                 self.control.stop(StopReason::LeaseLost);
                 return Ok(JobEnd::LeaseLost);
             }
-            Err(e) => return Err(Box::new(e)),
+            Err(e) => return Err(e.into()),
         }
         tracing::info!(job_id = %self.job.job_id, not_before = d.until, reason = %d.message, "over budget; job deferred to the next UTC day");
         Ok(JobEnd::Deferred)
     }
 
     /// Gives the job back to `pending/` so another runner resumes it.
-    fn release(&mut self) -> Result<(), AnyErr> {
+    fn release(&mut self) -> Result<(), AttemptError> {
         self.release_because("interrupted by runner shutdown; will resume")
     }
 
-    fn release_because(&mut self, why: &str) -> Result<(), AnyErr> {
+    /// Gives the job back to `pending/`, its running step marked retryable
+    /// with `why`. Writes: `state.json` only if a renewal still succeeds
+    /// (best effort, under the fence), then the queue move.
+    fn release_because(&mut self, why: &str) -> Result<(), AttemptError> {
         // Interrupted steps show as retryable so observers do not see a
         // "running" step that nobody runs.
         let cur = self.state().current_step.clone();
@@ -1071,10 +1219,14 @@ impl JobRun {
         Ok(())
     }
 
-    /// An internal error (I/O, workspace preparation): fail the job with
-    /// the error recorded, unless the job is no longer ours.
-    async fn fail_internal(&mut self, e: &AnyErr) -> JobEnd {
-        if crate::ownership::is_lease_lost(e.as_ref()) {
+    /// The attempt ended with `e`. By its variant: `LeaseLost` touches
+    /// nothing (the job is its new owner's); when the job was stopped
+    /// (shutdown, lost lease) the stop decides; `Storage` gives the job
+    /// back and stops claiming ([`Self::give_back`]); anything else fails
+    /// the job with the error recorded, and if even that cannot be
+    /// recorded the job is given back.
+    async fn fail_internal(&mut self, e: &AttemptError) -> JobEnd {
+        if let AttemptError::LeaseLost(_) = e {
             self.own.lose(&e.to_string());
             return JobEnd::LeaseLost;
         }
@@ -1089,8 +1241,8 @@ impl JobRun {
             _ => {}
         }
         // A full or read-only disk is the runner's fault, not the job's.
-        if let Some(kind) = crate::storage::classify(e.as_ref()) {
-            return self.give_back(kind, &e.to_string());
+        if let Some(kind) = e.storage_kind() {
+            return self.give_back(kind.as_str(), &e.to_string());
         }
         let err = ErrorInfo::new("internal", e.to_string());
         match self.finish(Status::Failed, Some(err), &[]).await {
@@ -1103,7 +1255,7 @@ impl JobRun {
                 if self.control.reason() == Some(StopReason::LeaseLost) {
                     return JobEnd::LeaseLost;
                 }
-                let kind = crate::storage::classify(e2.as_ref()).unwrap_or("io");
+                let kind = e2.storage_kind().map_or("io", |k| k.as_str());
                 self.give_back(kind, &e2.to_string())
             }
         }
@@ -1124,6 +1276,32 @@ impl JobRun {
             }
         }
     }
+}
+
+/// Where the job goes after a step (see `JobRun::decide_next`).
+enum Next {
+    /// Run the step at this index (past the last one: the job succeeded).
+    Step(usize),
+    /// End the job with this status and error.
+    End(Status, Option<ErrorInfo>),
+    /// Park the job in `awaiting_approval/` at this step.
+    Park,
+}
+
+/// What the hand-off gives a step (see `JobRun::hand_off`).
+struct Handoff {
+    /// The input artifacts its prompt renders.
+    input_artifacts: Vec<String>,
+    /// Log lines of the hand-off, put before the agent's logs.
+    pre_logs: String,
+    /// A patch that did not apply: the step's outcome, without running.
+    pre_failure: Option<StepOutcome>,
+}
+
+/// A step's result and its scrubbed outputs, ready to publish.
+struct Collected {
+    result: ResultDoc,
+    out: Scrubbed,
 }
 
 /// A step's outputs after secrets scanning and redaction.

@@ -13,6 +13,7 @@ pub mod agent_exec;
 pub mod budget;
 pub mod callback;
 pub mod config;
+pub mod error;
 pub mod exec;
 pub mod handoff;
 pub mod outbox;
@@ -156,8 +157,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         let claim = match claimer.try_claim() {
             Ok(c) => c,
             Err(e) => {
-                if let Some(kind) = storage::classify(&e) {
-                    ctx.storage.trip(kind, &e.to_string());
+                if let fsqueue::QueueError::Io(d) = &e
+                    && let Some(kind) = error::StorageKind::of(&d.source)
+                {
+                    ctx.storage.trip(kind.as_str(), &e.to_string());
                 }
                 tracing::error!(error = %e, "claim failed; retrying in 1s");
                 drop(permit);

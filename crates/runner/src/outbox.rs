@@ -138,7 +138,7 @@ impl Outbox {
         state: State,
         url: &str,
         result: &ResultDoc,
-    ) -> Result<PathBuf, Box<dyn std::error::Error + Send + Sync>> {
+    ) -> Result<PathBuf, crate::error::AttemptError> {
         let attempt = claim.entry.attempt;
         let body = serde_json::to_string_pretty(result)?;
         let e = Entry {

@@ -17,6 +17,7 @@
 //!   attempt, its running file still exists and its deadline has not
 //!   passed.
 
+use crate::error::AttemptError;
 use crate::exec::{JobControl, StopReason};
 use fsqueue::fence::{FenceError, HostId, JobFence, Record, host_id};
 use fsqueue::lease::{self, Stamp};
@@ -27,37 +28,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// Why a job's work must stop; carried in the job's error chain instead of
-/// strings.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum Interrupt {
-    /// The attempt no longer owns the job.
-    #[error("lease lost: {0}")]
-    LeaseLost(String),
-    /// Stopped from outside (shutdown, cancel) during a step.
-    #[error("stopped: {0:?}")]
-    Stopped(StopReason),
-}
-
-/// True when `e` (or its cause) says the attempt lost the job: an
-/// `Interrupt::LeaseLost`, a fence refusal, or a vanished running file.
-pub fn is_lease_lost(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if matches!(
-            err.downcast_ref::<Interrupt>(),
-            Some(Interrupt::LeaseLost(_))
-        ) || matches!(
-            err.downcast_ref::<QueueError>(),
-            Some(QueueError::LeaseLost { .. })
-        ) {
-            return true;
-        }
-        cur = err.source();
-    }
-    fsqueue::durable::is_refused(e)
-}
 
 /// One attempt's hold on one job.
 pub struct Ownership {
@@ -98,9 +68,9 @@ impl Ownership {
     }
 
     /// `Ok` while the attempt still owns the job by its own deadline.
-    pub fn valid(&self) -> Result<(), Interrupt> {
+    pub fn valid(&self) -> Result<(), AttemptError> {
         if self.lost.load(Ordering::Acquire) {
-            return Err(Interrupt::LeaseLost("the attempt lost its lease".into()));
+            return Err(AttemptError::LeaseLost("the attempt lost its lease".into()));
         }
         let since = Stamp::from_nanos(self.last_ok.load(Ordering::Acquire)).elapsed();
         if since > lease::owner_deadline(self.lease) {
@@ -109,7 +79,7 @@ impl Ownership {
                 since.as_millis(),
                 lease::owner_deadline(self.lease).as_millis()
             ));
-            return Err(Interrupt::LeaseLost("owner deadline passed".into()));
+            return Err(AttemptError::LeaseLost("owner deadline passed".into()));
         }
         Ok(())
     }
@@ -125,9 +95,9 @@ impl Ownership {
     /// One renewal: touch the running file. Success moves the deadline
     /// (from the moment the touch *started*); a vanished file loses the
     /// attempt; other errors leave the deadline where it was.
-    pub fn renew(&self) -> Result<(), Interrupt> {
+    pub fn renew(&self) -> Result<(), AttemptError> {
         if self.lost.load(Ordering::Acquire) {
-            return Err(Interrupt::LeaseLost("the attempt lost its lease".into()));
+            return Err(AttemptError::LeaseLost("the attempt lost its lease".into()));
         }
         let started = Stamp::now();
         match lease::renew(&self.loc) {
@@ -137,7 +107,7 @@ impl Ownership {
             }
             Err(QueueError::LeaseLost { .. }) => {
                 self.lose("the running file is gone (reaped or moved)");
-                Err(Interrupt::LeaseLost("the running file is gone".into()))
+                Err(AttemptError::LeaseLost("the running file is gone".into()))
             }
             Err(e) => {
                 tracing::warn!(job_id = %self.job_id, error = %e, "lease renewal failed");
@@ -171,8 +141,10 @@ impl Ownership {
 
     /// Starts the attempt: records it in the job's fence (waiting for a
     /// stale attempt's publish in progress), then kills the previous
-    /// attempt's agent when it ran on this host. Blocking.
-    pub fn start(&self, runner_id: &str) -> Result<(), Interrupt> {
+    /// attempt's agent when it ran on this host. Blocking. Fails with
+    /// `LeaseLost` when a newer attempt started or the lease ran out while
+    /// waiting, and with `Storage`/`Io` when the record cannot be written.
+    pub fn start(&self, runner_id: &str) -> Result<(), AttemptError> {
         let give_up = || self.valid().is_err();
         let rec = Record::here(self.attempt(), runner_id);
         match self.fence.advance(&rec, &give_up) {
@@ -187,17 +159,19 @@ impl Ownership {
             Err(FenceError::Stale { newer, .. }) => {
                 let why = format!("attempt {newer} of the job already started");
                 self.lose(&why);
-                Err(Interrupt::LeaseLost(why))
+                Err(AttemptError::LeaseLost(why))
             }
-            Err(FenceError::GaveUp(_)) => Err(Interrupt::LeaseLost(
+            Err(FenceError::GaveUp(_)) => Err(AttemptError::LeaseLost(
                 "lease ran out while waiting for the job's fence".into(),
             )),
             Err(FenceError::Io(e)) => {
-                // Without a record no publish of ours passes: give the job
-                // back to its lease.
+                // Without a record no publish of ours passes: the attempt
+                // is over. The error keeps its errno, so the caller can
+                // tell a full or read-only disk (give the job back to
+                // pending) from any other failure (leave it to its lease).
                 let why = format!("cannot record the attempt: {e}");
                 self.lose(&why);
-                Err(Interrupt::LeaseLost(why))
+                Err(AttemptError::from_io(why, e.source))
             }
         }
     }

@@ -2,6 +2,9 @@
 //! filesystem under the queue, the artifacts or the workspaces, or any
 //! error that keeps the runner from recording a job's outcome.
 //!
+//! Which errors are storage faults is decided by their errno
+//! (`crate::error::StorageKind`), never by their text.
+//!
 //! Such a fault is the runner's problem, not the job's: failing the job
 //! would burn the backlog (every claim failing within a second) and leave
 //! jobs in `failed/` with no result to say why. Instead:
@@ -28,34 +31,6 @@ use std::time::{Duration, Instant};
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest pause between probes.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
-
-/// The errno behind a storage fault, if `e` (or any error it wraps) is one.
-pub fn classify(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && let Some(kind) = io.raw_os_error().and_then(errno_kind)
-        {
-            return Some(kind);
-        }
-        cur = err.source();
-    }
-    // Errors flattened to text on their way up still name their errno.
-    let text = e.to_string();
-    [28, 30, 122]
-        .into_iter()
-        .find(|n| text.contains(&format!("(os error {n})")))
-        .and_then(errno_kind)
-}
-
-fn errno_kind(n: i32) -> Option<&'static str> {
-    match n {
-        28 => Some("ENOSPC"),
-        30 => Some("EROFS"),
-        122 => Some("EDQUOT"),
-        _ => None,
-    }
-}
 
 #[derive(Debug, Clone)]
 struct Fault {
@@ -141,8 +116,8 @@ impl Storage {
             Some(e) => {
                 cur.backoff = (cur.backoff * 2).min(MAX_BACKOFF);
                 cur.next_probe = Instant::now() + cur.backoff;
-                if let Some(kind) = classify(&e) {
-                    cur.kind = kind.to_owned();
+                if let Some(kind) = crate::error::StorageKind::of(&e.source) {
+                    cur.kind = kind.as_str().to_owned();
                 }
                 cur.error = e.to_string();
                 tracing::warn!(kind = %cur.kind, error = %cur.error, retry_in_ms = cur.backoff.as_millis() as u64, "storage still failing");
@@ -200,18 +175,6 @@ pub fn write_advisory(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn errors_are_classified_through_their_sources() {
-        let io = std::io::Error::from_raw_os_error(28);
-        let d = fsqueue::durable::DurableError::new("write", "/x", io);
-        assert_eq!(classify(&d), Some("ENOSPC"));
-        let boxed: Box<dyn std::error::Error + Send + Sync> =
-            "cannot copy: Read-only file system (os error 30)".into();
-        assert_eq!(classify(boxed.as_ref()), Some("EROFS"));
-        let other = std::io::Error::from_raw_os_error(13);
-        assert_eq!(classify(&other), None);
-    }
 
     #[test]
     fn a_fault_holds_claims_until_a_probe_succeeds() {
