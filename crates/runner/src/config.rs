@@ -23,7 +23,7 @@ pub struct Args {
     /// Jobs run at once by this process [env: RUNNER_CONCURRENCY, default 2]
     #[arg(long, value_name = "N")]
     pub concurrency: Option<u64>,
-    /// Process until the queue is empty and nothing is running, then exit 0
+    /// Process until no due job is pending and nothing is running, then exit 0 (deferred jobs stay)
     #[arg(long)]
     pub drain: bool,
     /// Queue root [env: QUEUE_ROOT, default var/queue]

@@ -281,9 +281,30 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
 
 /// Nothing left for this runner: no pending job but those it passes over
 /// (agents it does not know), nothing running.
+/// Whether a draining runner is done: nothing running, and nothing due in
+/// pending beyond the jobs it passes over. Jobs deferred to a later time (a
+/// budget's `defer`) do not keep it alive; they are counted in the log.
 fn queue_idle(queue: &Queue, passed_over: usize) -> bool {
-    queue.depth(State::Pending).unwrap_or(usize::MAX) <= passed_over
-        && queue.depth(State::Running).unwrap_or(1) == 0
+    if queue.depth(State::Running).unwrap_or(1) != 0 {
+        return false;
+    }
+    let Ok(pending) = queue.list(State::Pending) else {
+        return false;
+    };
+    let now = fsqueue::clock::now_unix();
+    let deferred = pending.iter().filter(|l| !l.entry.is_due(now)).count();
+    if pending.len() - deferred > passed_over {
+        return false;
+    }
+    if deferred > 0 {
+        let until = pending.iter().filter_map(|l| l.entry.not_before).min();
+        tracing::info!(
+            deferred,
+            earliest_due_unix = until,
+            "jobs deferred to a later time stay in pending"
+        );
+    }
+    true
 }
 
 fn reap_interval(lease: Duration) -> Duration {

@@ -538,6 +538,51 @@ fn runner_sigterm_exits_zero_and_releases_its_job() {
     let _ = &mut r;
 }
 
+/// `--drain` ends when no *due* job is left: a job deferred to a later
+/// time (a budget's `defer`) stays in pending and does not keep the runner
+/// waiting until then.
+#[test]
+fn drain_exits_with_a_deferred_job_left_in_pending() {
+    let o = Orch::new();
+    let later = o.submit(r#"{"goal": "tomorrow"}"#);
+    let now = o.submit(r#"{"goal": "today"}"#);
+    // Defer the first job by a day, as the budget gate does.
+    let name = o
+        .names("pending")
+        .into_iter()
+        .find(|n| n.contains(&later))
+        .unwrap();
+    let entry = fsqueue::Entry::parse(&name).unwrap();
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let deferred = entry.deferred_until(unix + 86_400);
+    std::fs::rename(
+        o.state_dir("pending").join(&name),
+        o.state_dir("pending").join(deferred.file_name()),
+    )
+    .unwrap();
+    let mut r = o
+        .runner(&["--drain", "--id", "d1"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut exited = None;
+    wait_for(
+        "the draining runner to exit",
+        Duration::from_secs(120),
+        || {
+            exited = r.try_wait().unwrap();
+            exited.is_some()
+        },
+    );
+    assert!(exited.unwrap().success());
+    assert_eq!(o.status_json(&now)["state"], "done");
+    assert_eq!(o.status_json(&later)["state"], "pending");
+    assert_eq!(o.names("pending"), [deferred.file_name()]);
+}
+
 #[test]
 fn completions_and_man_page_come_from_the_clap_definitions() {
     let o = Orch::new();
