@@ -2,7 +2,8 @@
 //!
 //! Both read one [`Snapshot`] of the system, recomputed at most once a
 //! second by whichever request finds it stale (others keep serving the
-//! previous one meanwhile): queue depths (directory entry counts), runners
+//! previous one meanwhile): queue depths (directory entry counts), the age
+//! of the oldest due pending job (from the enqueue time in its name), runners
 //! with their liveness and heartbeat documents, free disk, and a real
 //! durable write probe of the queue. `/health` serves pre-rendered bytes of
 //! the snapshot; `/metrics` adds the gateway's own recorder output and every
@@ -38,6 +39,9 @@ pub struct Snapshot {
     /// ledger could not be read.
     pub budget: Result<(Value, Vec<UsageRow>), String>,
     pub depths: Vec<(State, Option<usize>)>,
+    /// Seconds the oldest due job has waited in `pending/` (none when
+    /// nothing due is pending).
+    pub oldest_pending_age: Option<f64>,
     pub runners: Vec<(String, Liveness)>,
     pub disk_free: Option<u64>,
     pub healthy: bool,
@@ -88,6 +92,7 @@ fn take_snapshot(app: &App) -> Snapshot {
         .iter()
         .map(|&s| (s, app.queue.depth(s).ok()))
         .collect();
+    let oldest_pending_age = oldest_pending_age(&app.queue);
     let runners_raw = fsqueue::lease::runners(&app.queue);
     // A write probe that goes through the real durable path (fsyncs
     // included): a read-only or broken filesystem shows here.
@@ -159,6 +164,7 @@ fn take_snapshot(app: &App) -> Snapshot {
     Snapshot {
         budget,
         depths,
+        oldest_pending_age,
         runners: runners_raw.into_iter().map(|(id, l, _)| (id, l)).collect(),
         disk_free: disk.map(|d| d.0),
         healthy,
@@ -288,6 +294,26 @@ pub async fn metrics(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
     ))
 }
 
+/// How long the oldest due job in `pending/` has waited, from the enqueue
+/// time in its file name (names only: no file is opened). Jobs deferred to
+/// a later time are not waiting for a runner and do not count; a job given
+/// back after a reap counts from its first enqueue.
+fn oldest_pending_age(queue: &fsqueue::Queue) -> Option<f64> {
+    let rd = std::fs::read_dir(queue.dir(State::Pending)).ok()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    let now_unix = fsqueue::clock::now_unix();
+    let oldest = rd
+        .flatten()
+        .filter_map(|e| fsqueue::Entry::parse(e.file_name().to_str()?))
+        .filter(|e| e.is_due(now_unix))
+        .map(|e| e.seq)
+        .min()?;
+    let enq = std::time::Duration::from_nanos(oldest);
+    Some(now.saturating_sub(enq).as_secs_f64())
+}
+
 fn render_metrics(app: &App, s: &Snapshot) -> String {
     let mut fam = Families::new();
     let mut own = String::from(
@@ -301,6 +327,11 @@ fn render_metrics(app: &App, s: &Snapshot) -> String {
             ));
         }
     }
+    own.push_str("# HELP orch_queue_oldest_pending_age_seconds How long the oldest due job has waited in pending.\n# TYPE orch_queue_oldest_pending_age_seconds gauge\n");
+    own.push_str(&format!(
+        "orch_queue_oldest_pending_age_seconds {}\n",
+        s.oldest_pending_age.unwrap_or(0.0)
+    ));
     own.push_str("# HELP orch_runner_up Whether a runner holds its lock (1) or not (0).\n# TYPE orch_runner_up gauge\n");
     for (id, live) in &s.runners {
         own.push_str(&format!(

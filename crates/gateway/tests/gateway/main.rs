@@ -985,6 +985,14 @@ async fn health_and_metrics_cover_the_system() {
     ] {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }
+    // The pending job has waited a moment: the oldest-pending gauge says so.
+    let age: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("orch_queue_oldest_pending_age_seconds "))
+        .unwrap_or_else(|| panic!("no oldest pending age in:\n{text}"))
+        .parse()
+        .unwrap();
+    assert!(age > 0.0 && age < 3600.0, "oldest pending age {age}");
     // One TYPE line per family, however many files carry it.
     let mut types = std::collections::HashSet::new();
     for l in text.lines().filter(|l| l.starts_with("# TYPE ")) {
