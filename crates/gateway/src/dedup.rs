@@ -377,7 +377,17 @@ impl Deliveries {
         let entry = self.index_entry(&rec.owner, key);
         let mut made_entry = false;
         if let Some(e) = &entry {
-            made_entry = durable::create_empty_unsynced(e)?;
+            made_entry = match durable::create_empty_unsynced(e) {
+                Ok(made) => made,
+                // The index directory was removed by hand: make it again.
+                Err(err) if err.source.kind() == io::ErrorKind::NotFound => {
+                    if let Some(dir) = e.parent() {
+                        durable::create_dir_all(dir)?;
+                    }
+                    durable::create_empty_unsynced(e)?
+                }
+                Err(err) => return Err(err),
+            };
         }
         let index: Vec<&Path> = entry
             .as_deref()
@@ -753,6 +763,16 @@ mod tests {
         assert!(me.dead_owners().is_empty());
         // This gateway's own entry is untouched.
         assert_eq!(me.unfinished_of(me.owner()), vec![k3]);
+        // An index directory removed by hand is made again by the next claim.
+        let mine = tmp
+            .path()
+            .join(DELIVERIES_DIR)
+            .join(OWNERS_DIR)
+            .join(format!("{}{KEYS_SUFFIX}", me.owner()));
+        std::fs::remove_dir_all(&mine).unwrap();
+        let k4 = key("t", &[b"4"]);
+        assert!(me.create(&k4, &rec(me.owner(), 4)).unwrap());
+        assert_eq!(me.unfinished_of(me.owner()), vec![k4]);
     }
 
     #[test]
