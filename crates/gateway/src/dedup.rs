@@ -32,6 +32,33 @@
 //! a commit (a failed commit) is finished too. One finisher at a time: the
 //! finisher holds an `flock` on the record file while it works.
 //!
+//! Finding the records of dead writers must not cost a read of every
+//! record (there is one per delivery of the whole dedup window). Each
+//! gateway keeps an index of its unfinished records: `owners/<owner>.keys/`
+//! holds an empty file per key it claimed and has not committed yet. The
+//! index entry is created before the record, and the record's data barrier
+//! covers the index directory, so no record of an owner reaches the disk
+//! without its index entry; committing a record (whoever commits it) drops
+//! the entry, and so does a release or a lost claim. An entry may outlive
+//! its record's need for it (a crash right after the commit): an entry
+//! whose record is committed, absent or someone else's is stale and simply
+//! removed. A dead gateway is one whose lock is free (or whose lock file is
+//! gone while its index is still there); recovery reads its index — the
+//! deliveries it had in flight when it died, a handful — and finishes each
+//! record with the same `resolve` a retry runs, then drops the index and
+//! the lock file. The cost of start-up is therefore the number of dead
+//! writers' unfinished records, never the history. A dead gateway of an
+//! older version kept no index (its lock file has no `.keys` directory):
+//! its records are found by a one-time scan of all records, in the
+//! background. Recovery is only an optimisation of liveness, never needed
+//! for safety: a retry of a delivery finishes its record itself, whether
+//! or not recovery got there first (one finisher at a time, see above),
+//! and a 202 is never sent before the job file is durable.
+//!
+//! Pruning (records past the window) walks the directory in bounded
+//! batches, outside any lock a request takes, after the gateway has been
+//! serving for a while: no request ever waits for it.
+//!
 //! The job id of a record belongs to that delivery: finishing takes over an
 //! id reservation that a crash left without its job file
 //! (`Queue::enqueue_recovered`), and never takes a reservation as proof
@@ -58,8 +85,15 @@ use std::time::{Duration, SystemTime};
 pub const DELIVERIES_DIR: &str = "deliveries";
 
 /// Subdirectory of the deliveries directory with one lock file per live
-/// gateway.
+/// gateway (`<owner>.lock`) and each gateway's index of unfinished records
+/// (`<owner>.keys/`).
 pub const OWNERS_DIR: &str = "owners";
+
+/// Suffix of an owner's index directory in `owners/`.
+pub const KEYS_SUFFIX: &str = ".keys";
+
+/// Directory entries one prune batch looks at.
+pub const PRUNE_BATCH: usize = 512;
 
 /// An uncommitted record of an older gateway (one that named no owner)
 /// older than this is taken for an orphan of a crash.
@@ -173,6 +207,9 @@ impl Deliveries {
         let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
             .map_err(|(_, e)| DurableError::new("flock", &tmp, e.into()))?;
         std::fs::rename(&tmp, &lock_path).map_err(|e| DurableError::new("rename", &tmp, e))?;
+        // The index comes after the lock: an index directory without a
+        // lock file is always a dead owner's.
+        durable::create_dir_all(&owners.join(format!("{owner}{KEYS_SUFFIX}")))?;
         Ok(Self {
             dir,
             owner,
@@ -240,42 +277,146 @@ impl Deliveries {
         }
     }
 
-    /// Removes the lock files of dead gateways. Returns how many.
-    pub fn prune_owners(&self) -> usize {
+    /// The gateways that died (their lock is free, or their lock file is
+    /// gone while their index is left), this one aside. Reads `owners/`
+    /// only: one entry per gateway not yet forgotten.
+    pub fn dead_owners(&self) -> Vec<DeadOwner> {
         let dir = self.dir.join(OWNERS_DIR);
-        let mut n = 0;
+        let mut locks = std::collections::BTreeSet::new();
+        let mut indexes = std::collections::BTreeSet::new();
         for ent in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let Ok(name) = ent.file_name().into_string() else {
                 continue;
             };
-            let Some(owner) = name.strip_suffix(".lock") else {
-                continue;
-            };
-            if owner != self.owner
-                && is_owner_name(owner)
-                && let Ok(f) = File::open(ent.path())
-                && let Ok(_held) = Flock::lock(f, FlockArg::LockExclusiveNonblock)
-            {
-                // Dead for good: a lock file is only ever locked by the
-                // process that created it.
-                if std::fs::remove_file(ent.path()).is_ok() {
-                    n += 1;
-                }
+            if let Some(o) = name.strip_suffix(".lock") {
+                locks.insert(o.to_owned());
+            } else if let Some(o) = name.strip_suffix(KEYS_SUFFIX) {
+                indexes.insert(o.to_owned());
             }
         }
-        n
+        locks
+            .union(&indexes)
+            .filter(|o| *o != &self.owner && is_owner_name(o) && !owner_alive(&dir, o))
+            .map(|o| DeadOwner {
+                name: o.clone(),
+                indexed: indexes.contains(o),
+            })
+            .collect()
+    }
+
+    /// The keys a dead owner's index names: the records it may have left
+    /// unfinished.
+    pub fn unfinished_of(&self, owner: &str) -> Vec<String> {
+        if !is_owner_name(owner) {
+            return Vec::new();
+        }
+        let dir = self
+            .dir
+            .join(OWNERS_DIR)
+            .join(format!("{owner}{KEYS_SUFFIX}"));
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|k| is_record_key(k))
+            .collect()
+    }
+
+    /// Drops `owner`'s index entry for `key`, whose record needs no
+    /// finishing by it (committed, absent, or another writer's).
+    pub fn drop_stale(&self, owner: &str, key: &str) {
+        self.drop_index_entry(owner, key);
+    }
+
+    /// Forgets a dead owner whose index is empty: its lock file, then its
+    /// index directory (a crash between the two leaves an index without a
+    /// lock: still a dead owner, found again). `false` while its index
+    /// still names records, or when `owner` lives.
+    pub fn forget_owner(&self, owner: &str) -> bool {
+        let dir = self.dir.join(OWNERS_DIR);
+        if owner == self.owner || !is_owner_name(owner) || owner_alive(&dir, owner) {
+            return false;
+        }
+        if !self.unfinished_of(owner).is_empty() {
+            return false;
+        }
+        let lock = dir.join(format!("{owner}.lock"));
+        let index = dir.join(format!("{owner}{KEYS_SUFFIX}"));
+        if durable::remove_file(&lock).is_err() {
+            return false;
+        }
+        match std::fs::remove_dir(&index) {
+            Ok(()) => durable::sync_dirs(&[&dir]).is_ok(),
+            Err(e) => e.kind() == io::ErrorKind::NotFound,
+        }
     }
 
     fn path(&self, key: &str) -> PathBuf {
         self.dir.join(format!("{key}.json"))
     }
 
+    /// The index entry of `owner` for `key` (`None` for a record that
+    /// names no owner, or a malformed one).
+    fn index_entry(&self, owner: &str, key: &str) -> Option<PathBuf> {
+        is_owner_name(owner).then(|| {
+            self.dir
+                .join(OWNERS_DIR)
+                .join(format!("{owner}{KEYS_SUFFIX}"))
+                .join(key)
+        })
+    }
+
     /// Claims `key` with `rec`. `Ok(false)` when a record already exists.
+    /// The owner's index entry is created first and reaches the disk with
+    /// the record's data barrier.
     pub fn create(&self, key: &str, rec: &Record) -> Result<bool, DurableError> {
         let bytes = serde_json::to_vec(rec).map_err(|e| {
             DurableError::new("serialize", self.path(key), io::Error::other(e.to_string()))
         })?;
-        durable::write_file_new(&self.path(key), &bytes)
+        let entry = self.index_entry(&rec.owner, key);
+        let mut made_entry = false;
+        if let Some(e) = &entry {
+            made_entry = match durable::create_empty_unsynced(e) {
+                Ok(made) => made,
+                // The index directory was removed by hand: make it again.
+                Err(err) if err.source.kind() == io::ErrorKind::NotFound => {
+                    if let Some(dir) = e.parent() {
+                        durable::create_dir_all(dir)?;
+                    }
+                    durable::create_empty_unsynced(e)?
+                }
+                Err(err) => return Err(err),
+            };
+        }
+        let index: Vec<&Path> = entry
+            .as_deref()
+            .and_then(Path::parent)
+            .into_iter()
+            .collect();
+        let placed = durable::write_file_new_after(&self.path(key), &bytes, &index);
+        if made_entry && !matches!(placed, Ok(true)) {
+            // Lost the claim (or failed): the entry is ours to drop unless
+            // the record there is an unfinished one of the same owner (a
+            // second copy in this process won it).
+            let keep = matches!(
+                self.read(key),
+                Ok(Some((r, _))) if !r.committed && r.owner == rec.owner
+            );
+            if !keep && let Some(e) = &entry {
+                let _ = std::fs::remove_file(e);
+            }
+        }
+        placed
+    }
+
+    /// Drops the index entry of a record that no longer needs finishing.
+    /// No barrier: an entry that comes back after a power loss is stale,
+    /// and recovery removes it.
+    fn drop_index_entry(&self, owner: &str, key: &str) {
+        if let Some(e) = self.index_entry(owner, key) {
+            let _ = std::fs::remove_file(e);
+        }
     }
 
     /// Marks a record committed and drops its job copy.
@@ -288,7 +429,9 @@ impl Deliveries {
         let bytes = serde_json::to_vec(&done).map_err(|e| {
             DurableError::new("serialize", self.path(key), io::Error::other(e.to_string()))
         })?;
-        durable::write_file(&self.path(key), &bytes)
+        durable::write_file(&self.path(key), &bytes)?;
+        self.drop_index_entry(&rec.owner, key);
+        Ok(())
     }
 
     /// Removes this process's uncommitted claim on `key` for `job_id` (its
@@ -299,6 +442,7 @@ impl Deliveries {
         match self.read(key)? {
             Some((r, _)) if !r.committed && r.owner == self.owner && r.job_id == job_id => {
                 durable::remove_file(&self.path(key))?;
+                self.drop_index_entry(&r.owner, key);
                 Ok(true)
             }
             _ => Ok(false),
@@ -313,8 +457,10 @@ impl Deliveries {
         read_record(&path)
     }
 
-    /// Uncommitted records whose writer is gone, for recovery.
-    pub fn orphans(&self) -> Vec<(String, Record)> {
+    /// Uncommitted records whose writer is gone, found by reading every
+    /// record: only for dead gateways of an older version, which kept no
+    /// index of their unfinished records.
+    pub fn scan_orphans(&self) -> Vec<(String, Record)> {
         self.scan()
             .filter_map(|(key, path)| match read_record(&path) {
                 Ok(Some((r, age)))
@@ -327,21 +473,82 @@ impl Deliveries {
             .collect()
     }
 
-    /// Deletes committed records older than `window`. Returns how many.
-    pub fn prune(&self, window: Duration) -> usize {
+    /// Removes the lock files of dead gateways that kept no index (once
+    /// their records were scanned). Returns how many.
+    pub fn prune_unindexed_owners(&self) -> usize {
+        let dir = self.dir.join(OWNERS_DIR);
+        self.dead_owners()
+            .into_iter()
+            .filter(|o| !o.indexed)
+            .filter(|o| durable::remove_file(&dir.join(format!("{}.lock", o.name))).is_ok())
+            .count()
+    }
+
+    /// One bounded step of pruning: looks at up to [`PRUNE_BATCH`] names
+    /// of the deliveries directory (from where the previous step of the
+    /// same `walk` stopped; `None` starts a new pass) and deletes the
+    /// records among them older than `window`, with one name barrier for
+    /// the batch. Reads no record: only names and modification times.
+    pub fn prune_step(&self, walk: &mut Option<std::fs::ReadDir>, window: Duration) -> PruneStep {
+        let mut step = PruneStep::default();
+        if walk.is_none() {
+            match std::fs::read_dir(&self.dir) {
+                Ok(rd) => *walk = Some(rd),
+                Err(_) => {
+                    step.done = true;
+                    return step;
+                }
+            }
+        }
         let now = SystemTime::now();
-        let mut n = 0;
-        for (_, path) in self.scan() {
-            let old = std::fs::symlink_metadata(&path)
+        let Some(rd) = walk.as_mut() else {
+            step.done = true;
+            return step;
+        };
+        while step.looked < PRUNE_BATCH {
+            let Some(ent) = rd.next() else {
+                step.done = true;
+                break;
+            };
+            step.looked += 1;
+            let Ok(ent) = ent else { continue };
+            let Some(name) = ent.file_name().into_string().ok() else {
+                continue;
+            };
+            if !name.strip_suffix(".json").is_some_and(is_record_key) {
+                continue;
+            }
+            let old = ent
+                .metadata()
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|m| now.duration_since(m).ok())
                 .is_some_and(|age| age > window);
-            if old && durable::remove_file(&path).is_ok() {
-                n += 1;
+            if old && std::fs::remove_file(ent.path()).is_ok() {
+                step.removed += 1;
             }
         }
-        n
+        if step.removed > 0 {
+            let _ = durable::sync_dirs(&[&self.dir]);
+        }
+        if step.done {
+            *walk = None;
+        }
+        step
+    }
+
+    /// Deletes records older than `window` in one go (all steps of a
+    /// pass). Returns how many.
+    pub fn prune(&self, window: Duration) -> usize {
+        let mut walk = None;
+        let mut n = 0;
+        loop {
+            let step = self.prune_step(&mut walk, window);
+            n += step.removed;
+            if step.done {
+                return n;
+            }
+        }
     }
 
     fn scan(&self) -> impl Iterator<Item = (String, PathBuf)> + '_ {
@@ -352,10 +559,33 @@ impl Deliveries {
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
                 let key = name.strip_suffix(".json")?;
-                (key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()))
-                    .then(|| (key.to_owned(), e.path()))
+                is_record_key(key).then(|| (key.to_owned(), e.path()))
             })
     }
+}
+
+/// A record file's key: 64 hex digits.
+fn is_record_key(k: &str) -> bool {
+    k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A gateway that died.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadOwner {
+    pub name: String,
+    /// Whether it kept an index of its unfinished records (all gateways of
+    /// this version do).
+    pub indexed: bool,
+}
+
+/// What one prune step did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PruneStep {
+    /// Directory entries looked at (at most [`PRUNE_BATCH`]).
+    pub looked: usize,
+    pub removed: usize,
+    /// The pass reached the end of the directory.
+    pub done: bool,
 }
 
 /// Whether the owner `owner` holds its lock in `dir`. A missing or
@@ -428,7 +658,9 @@ mod tests {
         d.commit(&k, &rec).unwrap();
         let (back, _) = d.read(&k).unwrap().unwrap();
         assert!(back.committed && back.job.is_none());
-        assert!(d.orphans().is_empty());
+        assert!(d.scan_orphans().is_empty());
+        // The commit dropped the index entry.
+        assert!(d.unfinished_of(d.owner()).is_empty());
         assert_eq!(d.prune(Duration::from_secs(3600)), 0);
         // A committed record is never released.
         assert!(!d.release(&k, &rec.job_id).unwrap());
@@ -465,7 +697,16 @@ mod tests {
         // lock file can go.
         drop(other);
         assert_eq!(me.writer("k", &theirs, Duration::ZERO), Writer::Gone);
-        assert_eq!(me.prune_owners(), 1);
+        let dead = me.dead_owners();
+        assert_eq!(
+            dead,
+            vec![DeadOwner {
+                name: theirs.owner.clone(),
+                indexed: true
+            }]
+        );
+        assert!(me.forget_owner(&theirs.owner));
+        assert!(me.dead_owners().is_empty());
         assert_eq!(me.writer("k", &theirs, Duration::ZERO), Writer::Gone);
         // Unknown or hostile owner names are dead owners, never paths.
         assert_eq!(
@@ -483,5 +724,89 @@ mod tests {
         assert!(me.lock_for_finish(&k).unwrap().is_none());
         drop(held);
         assert!(me.lock_for_finish(&k).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_dead_owners_unfinished_records_are_found_from_its_index_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let me = Deliveries::open(tmp.path()).unwrap();
+        let other = Deliveries::open(tmp.path()).unwrap();
+        let rec = |owner: &str, n: u8| Record {
+            job_id: format!("{:032x}", n),
+            state: "pending".into(),
+            body_sha256: "x".into(),
+            committed: false,
+            created_at: "now".into(),
+            job: None,
+            owner: owner.into(),
+        };
+        let (k1, k2, k3) = (key("t", &[b"1"]), key("t", &[b"2"]), key("t", &[b"3"]));
+        // Two claims of the other gateway; one is committed.
+        assert!(other.create(&k1, &rec(other.owner(), 1)).unwrap());
+        assert!(other.create(&k2, &rec(other.owner(), 2)).unwrap());
+        other.commit(&k2, &rec(other.owner(), 2)).unwrap();
+        // A lost claim leaves no entry behind.
+        assert!(!me.create(&k1, &rec(me.owner(), 3)).unwrap());
+        assert!(me.unfinished_of(me.owner()).is_empty());
+        assert!(me.create(&k3, &rec(me.owner(), 3)).unwrap());
+        let name = other.owner().to_owned();
+        // Alive: not dead, cannot be forgotten.
+        assert!(me.dead_owners().is_empty());
+        assert!(!me.forget_owner(&name));
+        drop(other);
+        assert_eq!(me.dead_owners().len(), 1);
+        assert_eq!(me.unfinished_of(&name), vec![k1.clone()]);
+        // Not forgotten while a record is unfinished.
+        assert!(!me.forget_owner(&name));
+        me.commit(&k1, &rec(&name, 1)).unwrap();
+        assert!(me.forget_owner(&name));
+        assert!(me.dead_owners().is_empty());
+        // This gateway's own entry is untouched.
+        assert_eq!(me.unfinished_of(me.owner()), vec![k3]);
+        // An index directory removed by hand is made again by the next claim.
+        let mine = tmp
+            .path()
+            .join(DELIVERIES_DIR)
+            .join(OWNERS_DIR)
+            .join(format!("{}{KEYS_SUFFIX}", me.owner()));
+        std::fs::remove_dir_all(&mine).unwrap();
+        let k4 = key("t", &[b"4"]);
+        assert!(me.create(&k4, &rec(me.owner(), 4)).unwrap());
+        assert_eq!(me.unfinished_of(me.owner()), vec![k4]);
+    }
+
+    #[test]
+    fn pruning_goes_in_bounded_steps() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = Deliveries::open(tmp.path()).unwrap();
+        let dir = tmp.path().join(DELIVERIES_DIR);
+        let n = PRUNE_BATCH * 2 + 7;
+        let old = SystemTime::now() - Duration::from_secs(7200);
+        for i in 0..n {
+            let p = dir.join(format!("{}.json", key("p", &[i.to_string().as_bytes()])));
+            std::fs::write(&p, b"{}").unwrap();
+            if i % 2 == 0 {
+                File::options()
+                    .write(true)
+                    .open(&p)
+                    .unwrap()
+                    .set_modified(old)
+                    .unwrap();
+            }
+        }
+        let mut walk = None;
+        let (mut steps, mut removed) = (0, 0);
+        loop {
+            let s = d.prune_step(&mut walk, Duration::from_secs(3600));
+            assert!(s.looked <= PRUNE_BATCH);
+            steps += 1;
+            removed += s.removed;
+            if s.done {
+                break;
+            }
+        }
+        assert!(steps >= 3, "{steps} steps");
+        assert_eq!(removed, n.div_ceil(2));
+        assert_eq!(d.prune(Duration::from_secs(3600)), 0);
     }
 }

@@ -466,6 +466,12 @@ async fn existing(
 /// `Ok(true)` when the record is committed afterwards (its job durably in a
 /// queue state), `Ok(false)` when its writer is still at work (or another
 /// finisher is).
+///
+/// A job lookup (`Queue::find`) reads every queue state, so it is only made
+/// when it can find something: while the writer works, once the job id is
+/// reserved (the reservation comes before the job file); for a dead
+/// writer, inside `Queue::enqueue_recovered`, which looks the job up when
+/// its id is reserved and refuses to enqueue it twice.
 pub fn resolve(app: &App, key: &str) -> Result<bool, String> {
     let Some((rec, age)) = app.deliveries.read(key).map_err(|e| e.to_string())? else {
         return Ok(false);
@@ -473,16 +479,19 @@ pub fn resolve(app: &App, key: &str) -> Result<bool, String> {
     if rec.committed {
         return Ok(true);
     }
-    // The job file already in a queue state: make its name durable (its
-    // writer may not have reached its barrier yet) and commit the record.
-    if let Some(loc) = app.queue.find(&rec.job_id).map_err(|e| e.to_string())? {
-        sync_job_name(app, &loc)?;
-        app.deliveries
-            .commit(key, &rec)
-            .map_err(|e| e.to_string())?;
-        return Ok(true);
-    }
     if app.deliveries.writer(key, &rec, age) == Writer::Working {
+        // The job file already in a queue state: make its name durable (its
+        // writer may not have reached its barrier yet) and commit the
+        // record.
+        if id_reserved(app, &rec.job_id)
+            && let Some(loc) = app.queue.find(&rec.job_id).map_err(|e| e.to_string())?
+        {
+            sync_job_name(app, &loc)?;
+            app.deliveries
+                .commit(key, &rec)
+                .map_err(|e| e.to_string())?;
+            return Ok(true);
+        }
         return Ok(false);
     }
     let Some(_lock) = app
@@ -503,6 +512,13 @@ pub fn resolve(app: &App, key: &str) -> Result<bool, String> {
     Ok(true)
 }
 
+/// Whether `job_id` is reserved in the queue's `ids/`. No job file exists
+/// without its reservation: enqueuing reserves first, retention deletes
+/// the file before the reservation.
+fn id_reserved(app: &App, job_id: &str) -> bool {
+    std::fs::symlink_metadata(app.queue.internal_dir(fsqueue::queue::IDS_DIR).join(job_id)).is_ok()
+}
+
 /// Makes a found job file's directory entry durable.
 fn sync_job_name(app: &App, loc: &fsqueue::Located) -> Result<(), String> {
     let dir = app.queue.dir(loc.state);
@@ -511,36 +527,100 @@ fn sync_job_name(app: &App, loc: &fsqueue::Located) -> Result<(), String> {
 }
 
 /// Completes a delivery whose writer is gone: the job is enqueued from the
-/// record (taking over an id reservation the crash left without its job
-/// file) unless it exists, then the record is committed. The caller holds
-/// the record's finish lock.
+/// record (taking over an id reservation that the crash left without its
+/// job file) unless it exists, then the record is committed. The caller
+/// holds the record's finish lock.
 pub fn finish_orphan(app: &App, key: &str, rec: &Record) -> Result<(), String> {
     let state = State::parse(&rec.state).unwrap_or(State::Pending);
-    match app.queue.find(&rec.job_id).map_err(|e| e.to_string())? {
-        Some(loc) => sync_job_name(app, &loc)?,
-        None => {
-            let doc = rec
-                .job
-                .as_ref()
-                .ok_or("the record has no job document")
-                .and_then(|j| serde_json::to_vec(j).map_err(|_| "unserialisable job"))?;
+    let doc = rec.job.as_ref().and_then(|j| serde_json::to_vec(j).ok());
+    let found = match doc {
+        // `enqueue_recovered` looks the job up itself when its id is
+        // reserved: `Duplicate` means it exists.
+        Some(doc) => {
             match app
                 .queue
                 .enqueue_recovered(&rec.job_id, &doc, fsqueue::name::DEFAULT_PRIO, state)
             {
-                Ok(_) => tracing::warn!(job_id = %rec.job_id, "finished an interrupted delivery"),
-                // It appeared meanwhile (found by the enqueue's own lookup).
-                Err(QueueError::Duplicate { .. }) => {
-                    let loc = app
-                        .queue
+                Ok(_) => {
+                    tracing::warn!(job_id = %rec.job_id, "finished an interrupted delivery");
+                    None
+                }
+                Err(QueueError::Duplicate { .. }) => Some(
+                    app.queue
                         .find(&rec.job_id)
                         .map_err(|e| e.to_string())?
-                        .ok_or("the job of the delivery vanished")?;
-                    sync_job_name(app, &loc)?;
-                }
+                        .ok_or("the job of the delivery vanished")?,
+                ),
                 Err(e) => return Err(e.to_string()),
             }
         }
+        None => Some(
+            app.queue
+                .find(&rec.job_id)
+                .map_err(|e| e.to_string())?
+                .ok_or("the record has no job document")?,
+        ),
+    };
+    if let Some(loc) = found {
+        sync_job_name(app, &loc)?;
     }
     app.deliveries.commit(key, rec).map_err(|e| e.to_string())
+}
+
+/// What a recovery pass over dead gateways did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Recovered {
+    /// Dead gateways found.
+    pub owners: usize,
+    /// Records named by their indexes (each read once).
+    pub records: usize,
+    /// Of those, records that needed finishing and were finished now.
+    pub finished: usize,
+    /// Records still unfinished (another finisher at work, or an error):
+    /// left for the next pass, their owner not forgotten.
+    pub left: usize,
+    /// Dead gateways of an older version without an index: their records
+    /// need a scan of all records.
+    pub unindexed: usize,
+}
+
+/// Finishes the unfinished records of dead gateways, found from their
+/// indexes, and forgets each gateway whose records are all settled. Costs
+/// one read per record a dead gateway had in flight, whatever the number of
+/// records in `deliveries/`.
+pub fn finish_dead_writers(app: &App) -> Recovered {
+    let mut out = Recovered::default();
+    for dead in app.deliveries.dead_owners() {
+        out.owners += 1;
+        if !dead.indexed {
+            out.unindexed += 1;
+            continue;
+        }
+        for key in app.deliveries.unfinished_of(&dead.name) {
+            out.records += 1;
+            let rec = match app.deliveries.read(&key) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "could not read a dead gateway's delivery record");
+                    out.left += 1;
+                    continue;
+                }
+            };
+            match rec {
+                Some((r, _)) if !r.committed && r.owner == dead.name => match resolve(app, &key) {
+                    Ok(true) => out.finished += 1,
+                    Ok(false) => out.left += 1,
+                    Err(e) => {
+                        tracing::warn!(job_id = %r.job_id, error = %e, "could not finish an interrupted delivery");
+                        out.left += 1;
+                    }
+                },
+                // Committed, gone, or another writer's record: nothing of
+                // this owner to finish.
+                _ => app.deliveries.drop_stale(&dead.name, &key),
+            }
+        }
+        app.deliveries.forget_owner(&dead.name);
+    }
+    out
 }

@@ -193,39 +193,84 @@ async fn watchdog(app: Arc<App>) {
     }
 }
 
-/// Background upkeep. At start-up and then hourly: finish deliveries whose
-/// writer is gone (a crashed gateway: its owner lock is free), drop the
-/// lock files of dead gateways, prune records past the dedup window. Every
-/// minute (and at start-up): remove temporary files that dead gateways
-/// left in the intake directories.
+/// Background upkeep, never in the way of a request (it holds no lock a
+/// request waits for, except a record's finish lock while it finishes
+/// that record). At start-up and then every minute: finish the deliveries
+/// of dead gateways, found from their indexes (see `dedup`), and remove
+/// temporary files dead gateways left in the intake directories. A dead
+/// gateway of an older version (no index) costs one background scan of
+/// all records. A minute after start-up and then hourly: prune records
+/// past the dedup window, in bounded steps.
 async fn maintain(app: Arc<App>) {
-    let mut last_full: Option<std::time::Instant> = None;
+    let started = std::time::Instant::now();
+    let mut last_prune: Option<std::time::Instant> = None;
     loop {
-        let full = last_full.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600));
         let a = app.clone();
         let _ = tokio::task::spawn_blocking(move || {
+            let r = intake::finish_dead_writers(&a);
+            if r.owners > 0 {
+                tracing::info!(
+                    owners = r.owners,
+                    records = r.records,
+                    finished = r.finished,
+                    left = r.left,
+                    "recovered the deliveries of dead gateways"
+                );
+            }
+            if r.unindexed > 0 {
+                for (key, rec) in a.deliveries.scan_orphans() {
+                    if let Err(e) = intake::resolve(&a, &key) {
+                        tracing::warn!(job_id = %rec.job_id, error = %e, "could not finish an interrupted delivery");
+                    }
+                }
+                a.deliveries.prune_unindexed_owners();
+            }
             let swept = leftovers::sweep_temp_files(&a.queue);
             if swept > 0 {
                 tracing::info!(removed = swept, "removed temporary files of dead writers");
             }
-            if !full {
-                return;
-            }
-            for (key, rec) in a.deliveries.orphans() {
-                if let Err(e) = intake::resolve(&a, &key) {
-                    tracing::warn!(job_id = %rec.job_id, error = %e, "could not finish an interrupted delivery");
-                }
-            }
-            a.deliveries.prune_owners();
-            let n = a.deliveries.prune(a.cfg.dedup_window);
-            if n > 0 {
-                tracing::info!(pruned = n, "pruned expired delivery records");
-            }
         })
         .await;
-        if full {
-            last_full = Some(std::time::Instant::now());
+        let due = match last_prune {
+            None => started.elapsed() >= PRUNE_AFTER,
+            Some(t) => t.elapsed() >= Duration::from_secs(3600),
+        };
+        if due {
+            prune(&app).await;
+            last_prune = Some(std::time::Instant::now());
         }
         tokio::time::sleep(leftovers::SWEEP_EVERY).await;
     }
+}
+
+/// How long a gateway serves before its first prune pass: a gateway that
+/// keeps crashing spends nothing on history.
+const PRUNE_AFTER: Duration = Duration::from_secs(60);
+
+/// One prune pass over `deliveries/`, a bounded step at a time, each its
+/// own blocking task with a pause after it, so requests never queue behind
+/// the pass.
+async fn prune(app: &Arc<App>) {
+    let mut walk: Option<std::fs::ReadDir> = None;
+    let (mut removed, mut steps) = (0, 0);
+    loop {
+        let a = app.clone();
+        let Ok((w, step)) = tokio::task::spawn_blocking(move || {
+            let mut w = walk;
+            let step = a.deliveries.prune_step(&mut w, a.cfg.dedup_window);
+            (w, step)
+        })
+        .await
+        else {
+            return;
+        };
+        walk = w;
+        removed += step.removed;
+        steps += 1;
+        if step.done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tracing::info!(removed, steps, "pruned expired delivery records");
 }

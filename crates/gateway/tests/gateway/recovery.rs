@@ -2,7 +2,8 @@
 //! the next gateway's start-up) finishes the dead writer's work from the
 //! record, even when the crash left the job id reserved without a job file,
 //! and removes the dead writer's temporary files; a record whose writer is
-//! alive is never finished by someone else, however old it is.
+//! alive is never finished by someone else, however old it is. Start-up
+//! finds a dead writer's records from its index, whatever the history.
 
 use crate::support::*;
 use gateway::crypto::{hex, sha256};
@@ -24,15 +25,23 @@ fn record_key(key: &str) -> String {
 /// Writes an uncommitted record of `deliveries` (its owner is the test
 /// process while `deliveries` lives).
 fn write_record(deliveries: &Deliveries, key: &str) {
-    let rec = Record {
-        job_id: JOB_ID.into(),
+    write_record_for(deliveries, key, JOB_ID);
+}
+
+fn uncommitted(job_id: &str, owner: &str) -> Record {
+    Record {
+        job_id: job_id.into(),
         state: "pending".into(),
         body_sha256: hex(&sha256(BODY)),
         committed: false,
         created_at: "2026-01-01T00:00:00Z".into(),
-        job: Some(json!({ "job_id": JOB_ID, "goal": "interrupted delivery" })),
-        owner: deliveries.owner().to_owned(),
-    };
+        job: Some(json!({ "job_id": job_id, "goal": "interrupted delivery" })),
+        owner: owner.to_owned(),
+    }
+}
+
+fn write_record_for(deliveries: &Deliveries, key: &str, job_id: &str) {
+    let rec = uncommitted(job_id, deliveries.owner());
     assert!(deliveries.create(&record_key(key), &rec).unwrap());
 }
 
@@ -137,5 +146,126 @@ async fn a_slow_live_writers_old_record_is_not_taken_over() {
     assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["job_id"], JOB_ID);
     assert!(gw.queue().find(JOB_ID).unwrap().is_some());
+    assert_eq!(gw.count("pending"), 1);
+}
+
+/// The log line of a start-up recovery, once it appears.
+async fn recovery_line(gw: &Gateway) -> String {
+    let mut line = None;
+    eventually(Duration::from_secs(30), async || {
+        line = gw
+            .log_text()
+            .lines()
+            .find(|l| l.contains("recovered the deliveries of dead gateways"))
+            .map(str::to_owned);
+        line.is_some()
+    })
+    .await;
+    line.unwrap_or_else(|| panic!("no recovery logged; log:\n{}", gw.log_text()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_reads_a_dead_writers_records_from_its_index_not_the_history() {
+    const HISTORY: usize = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("var/queue");
+    fsqueue::Queue::open(&root).unwrap();
+    // A long history: committed records of gateways long gone.
+    let deliveries = root.join("deliveries");
+    std::fs::create_dir_all(&deliveries).unwrap();
+    for i in 0..HISTORY {
+        let rec = Record {
+            committed: true,
+            job: None,
+            ..uncommitted(&format!("{:032x}", 1_000_000 + i), "old-gateway-1-1")
+        };
+        let key = gateway::dedup::key("history", &[i.to_string().as_bytes()]);
+        std::fs::write(
+            deliveries.join(format!("{key}.json")),
+            serde_json::to_vec(&rec).unwrap(),
+        )
+        .unwrap();
+    }
+    // A gateway dies with three deliveries in flight.
+    let ids: Vec<String> = (1..=3).map(|i| format!("{i:032x}")).collect();
+    {
+        let d = Deliveries::open(&root).unwrap();
+        for (i, id) in ids.iter().enumerate() {
+            write_record_for(&d, &format!("in-flight-{i}"), id);
+        }
+    }
+
+    let gw = Gateway::start_in(dir, &[], &[]);
+    // Start-up recovery reads the dead gateway's three records, not the
+    // history, and finishes them with no retry asking.
+    let line = recovery_line(&gw).await;
+    for want in ["owners=1", "records=3", "finished=3", "left=0"] {
+        assert!(line.contains(want), "{want} not in {line:?}");
+    }
+    let q = gw.queue();
+    for id in &ids {
+        let loc = q.find(id).unwrap().expect("the dead writer's job");
+        assert_eq!(loc.state, fsqueue::State::Pending);
+    }
+    // The dead gateway is forgotten (lock file and index), the history is
+    // untouched, and deliveries are answered.
+    let owners: Vec<_> = std::fs::read_dir(gw.path("var/queue/deliveries/owners"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().into_string().unwrap())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(
+        owners.len(),
+        2,
+        "only the live gateway's lock and index: {owners:?}"
+    );
+    assert_eq!(count_files(&gw.path("var/queue/deliveries")), HISTORY + 3);
+    let r = post_keyed(&gw, "after-start").await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    for (i, id) in ids.iter().enumerate() {
+        let r = post_keyed(&gw, &format!("in-flight-{i}")).await;
+        assert_eq!(r.status, 202);
+        assert_eq!(r.json()["job_id"], id.as_str());
+    }
+    assert_eq!(gw.count("pending"), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_writer_of_an_older_version_without_an_index_is_found_by_a_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("var/queue");
+    fsqueue::Queue::open(&root).unwrap();
+    // What an older gateway leaves: its (free) lock file, no index, and an
+    // uncommitted record naming it.
+    let owners = root.join("deliveries/owners");
+    std::fs::create_dir_all(&owners).unwrap();
+    std::fs::write(owners.join("older-gateway-7-7.lock"), b"").unwrap();
+    let rec = uncommitted(JOB_ID, "older-gateway-7-7");
+    std::fs::write(
+        root.join(format!("deliveries/{}.json", record_key("older-1"))),
+        serde_json::to_vec(&rec).unwrap(),
+    )
+    .unwrap();
+
+    let gw = Gateway::start_in(dir, &[], &[]);
+    let q = gw.queue();
+    let finished = eventually(Duration::from_secs(30), async || {
+        q.find(JOB_ID).unwrap().is_some() && !owners.join("older-gateway-7-7.lock").exists()
+    })
+    .await;
+    assert!(
+        finished,
+        "the older gateway's delivery was not finished; log:\n{}",
+        gw.log_text()
+    );
+    let line = recovery_line(&gw).await;
+    assert!(
+        line.contains("owners=1") && line.contains("records=0"),
+        "{line}"
+    );
+    let r = post_keyed(&gw, "older-1").await;
+    assert_eq!(r.status, 202);
+    assert_eq!(r.json()["job_id"], JOB_ID);
     assert_eq!(gw.count("pending"), 1);
 }
