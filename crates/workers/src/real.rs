@@ -41,6 +41,10 @@ pub enum RealConfigError {
     Agents(#[from] AgentsConfigError),
     #[error("SANDBOX=1 but no sandbox is usable: {0}")]
     SandboxUnavailable(String),
+    #[error(
+        "SANDBOX_CGROUP=require but the runner cannot create step cgroups: {0}; hint: delegate a cgroup v2 subtree with memory and pids (SANDBOX_CGROUP_ROOT), or run the runner as root on cgroup v1"
+    )]
+    CgroupUnavailable(String),
 }
 
 /// A dotted version, compared numerically (`1.10.0 > 1.9.3`).
@@ -104,6 +108,16 @@ pub struct RealConfig {
     pub agents: Vec<AgentSpec>,
     /// Copied into each job's state directory before its first agent.
     pub state_seed_dir: Option<PathBuf>,
+    /// Where per-step cgroups are created (`SANDBOX_CGROUP`), when the
+    /// built-in sandbox is in use and the runner can create them.
+    pub cgroups: Option<crate::cgroup::Cgroups>,
+    /// Why steps get no cgroup (for the step's logs).
+    pub cgroup_problem: Option<String>,
+    /// `SANDBOX_CGROUP=require`: a step whose cgroup cannot be created
+    /// fails instead of running on rlimits only.
+    pub cgroup_required: bool,
+    /// `SANDBOX_CPU_PERCENT`.
+    pub cpu_percent: u64,
     /// `RUNNER_MAX_IDLE_SEC`: stop an agent that printed nothing for this
     /// long (status `timeout`, error code `idle_timeout`); `None` = off.
     pub max_idle: Option<Duration>,
@@ -176,6 +190,8 @@ impl RealConfig {
                 sandbox_problem.unwrap_or_default(),
             ));
         }
+        let (cgroups, cgroup_problem) = cgroups_from_env(src, sandbox.as_ref())?;
+        let cpu_percent = src.get_u64_range(&ev::SANDBOX_CPU_PERCENT, 0, 100_000)?;
         let network_allow = src.get_enum(&ev::NETWORK_POLICY, &["deny", "allow"])? == "allow";
         let mut min_versions = BTreeMap::new();
         for item in src.get_list(&ev::MIN_BINARY_VERSIONS)? {
@@ -218,6 +234,11 @@ impl RealConfig {
             agents: file.agents,
             state_seed_dir: file.state_seed_dir,
             max_idle,
+            cgroups,
+            cgroup_problem,
+            cgroup_required: src.get_enum(&ev::SANDBOX_CGROUP, &["auto", "off", "require"])?
+                == "require",
+            cpu_percent,
             versions: Mutex::new(HashMap::new()),
         })
     }
@@ -419,6 +440,54 @@ fn seed_state(seed: &Path, state_dir: &Path) -> Result<(), confine::ConfineError
     confine::write_beneath(state_dir, marker, b"", 0o600)
 }
 
+/// `SANDBOX_CGROUP` and `SANDBOX_CGROUP_ROOT`: where step cgroups go, or
+/// why there are none (logged once here, and in every step's logs).
+/// Cgroups hold the built-in profile's limits; a `SANDBOX_WRAPPER` is
+/// responsible for its own.
+fn cgroups_from_env(
+    src: &EnvSource,
+    sandbox: Option<&Sandbox>,
+) -> Result<(Option<crate::cgroup::Cgroups>, Option<String>), RealConfigError> {
+    use crate::cgroup::{Cgroups, Mode};
+    let mode = match src.get_enum(&ev::SANDBOX_CGROUP, &["auto", "off", "require"])? {
+        "off" => Mode::Off,
+        "require" => Mode::Require,
+        _ => Mode::Auto,
+    };
+    let root = src.get_str(&ev::SANDBOX_CGROUP_ROOT)?;
+    if let Some(r) = &root
+        && !r.starts_with('/')
+    {
+        return Err(ConfigError::Invalid {
+            var: ev::SANDBOX_CGROUP_ROOT.name,
+            value: format!("{r:?}"),
+            expected: "a cgroup path starting with / (as in /proc/self/cgroup)".into(),
+        }
+        .into());
+    }
+    let found = match (mode, sandbox) {
+        (Mode::Off, _) => Err("SANDBOX_CGROUP=off".to_owned()),
+        (_, Some(Sandbox::Bubblewrap { .. })) => Cgroups::detect(root.as_deref()),
+        (_, _) => Err("only the built-in sandbox profile runs steps in cgroups".to_owned()),
+    };
+    match found {
+        Ok(c) => {
+            tracing::info!(cgroups = %c.describe(), "per-step cgroups hold memory and processes");
+            Ok((Some(c), None))
+        }
+        Err(e) if mode == Mode::Require => Err(RealConfigError::CgroupUnavailable(e)),
+        Err(e) => {
+            if mode == Mode::Auto {
+                tracing::warn!(
+                    reason = %e,
+                    "no per-step cgroups: memory holds per process (RLIMIT_AS) and processes per host uid (RLIMIT_NPROC); see docs/SECURITY.md"
+                );
+            }
+            Ok((None, Some(e)))
+        }
+    }
+}
+
 /// The outcome of a step refused for what its agent planted.
 /// A host-side write into the agent's state directory failed: a planted
 /// link or file is a `sandbox_violation`, anything else a `state_dir` error.
@@ -555,6 +624,43 @@ async fn watch_workspace(
             return;
         }
     }
+}
+
+/// A step's limits for its logs and `result.json`, with what enforces each:
+/// the cgroup for memory and processes when there is one (the rlimits then
+/// stay at the operator's values as a backstop), else the rlimits.
+fn limits_json(
+    l: &sandbox::Limits,
+    operator: Option<&sandbox::Limits>,
+    cgroup: Option<&str>,
+    cpu_percent: u64,
+) -> Value {
+    let mut v = l.to_json();
+    let by = match cgroup {
+        Some(kind) => {
+            let op = operator.copied().unwrap_or(*l);
+            v["rlimit_as_bytes"] = json!(op.address_space);
+            v["rlimit_nproc"] = json!(op.processes);
+            v["cpu_percent"] = json!(cpu_percent);
+            json!({
+                "memory": format!("{kind} (step)"),
+                "processes": format!("{kind} (step)"),
+                "cpu_percent": if cpu_percent > 0 { json!(format!("{kind} (step)")) } else { Value::Null },
+                "cpu_seconds": "RLIMIT_CPU (process)",
+                "tmp": "tmpfs size (step)",
+                "workspace": "watchdog (job workspace)",
+            })
+        }
+        None => json!({
+            "memory": "RLIMIT_AS (process)",
+            "processes": "RLIMIT_NPROC (host uid)",
+            "cpu_seconds": "RLIMIT_CPU (process)",
+            "tmp": "tmpfs size (step)",
+            "workspace": "watchdog (job workspace)",
+        }),
+    };
+    v["enforced_by"] = by;
+    v
 }
 
 /// Which resource limit a failed agent ran into, from its exit signal or
@@ -731,6 +837,56 @@ impl RealAgent {
                 return fail(Status::Failed, "sandbox_unavailable", msg, &logs);
             }
         }
+        // The step's cgroup: memory and processes for the whole step.
+        let cgroup = match (&limits, &cfg.cgroups) {
+            (Some(l), Some(cgs)) => match cgs.create(crate::cgroup::CgroupLimits {
+                memory_bytes: l.address_space,
+                processes: l.processes,
+                cpu_percent: cfg.cpu_percent,
+            }) {
+                Ok(cg) => {
+                    let _ = writeln!(
+                        logs,
+                        "[real] cgroup: {} ({})",
+                        cg.path().display(),
+                        cgs.kind()
+                    );
+                    Some(cg)
+                }
+                Err(e) if cfg.cgroup_required => {
+                    return fail(
+                        Status::Failed,
+                        "sandbox_setup",
+                        format!("cannot create the step's cgroup (SANDBOX_CGROUP=require): {e}"),
+                        &logs,
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot create a step cgroup; rlimits only");
+                    let _ = writeln!(
+                        logs,
+                        "[real] cgroup: none (cannot create one: {e}); memory holds per process, processes per host uid"
+                    );
+                    None
+                }
+            },
+            (Some(_), None) => {
+                let _ = writeln!(
+                    logs,
+                    "[real] cgroup: none ({}); memory holds per process, processes per host uid",
+                    cfg.cgroup_problem.as_deref().unwrap_or("unavailable")
+                );
+                None
+            }
+            _ => None,
+        };
+        let cgroup_kind = cgroup
+            .as_ref()
+            .and(cfg.cgroups.as_ref())
+            .map(crate::cgroup::Cgroups::kind);
+        let operator = sandbox.and_then(Sandbox::limits);
+        let limits_json =
+            |l: &sandbox::Limits| limits_json(l, operator.as_ref(), cgroup_kind, cfg.cpu_percent);
         let argv = agents::expand(&spec.argv, &values);
         env_extra.sort();
         let mut exec_spec = ExecSpec::new(program, req.workdir.clone());
@@ -750,8 +906,13 @@ impl RealAgent {
                 ro: spec.ro_paths.clone(),
                 network,
                 limits,
+                cgroup: cgroup.is_some(),
             };
             exec_spec = sb.wrap(&exec_spec, &mounts);
+            exec_spec.cgroup = cgroup
+                .as_ref()
+                .map(crate::cgroup::StepCgroup::procs_files)
+                .unwrap_or_default();
             let _ = writeln!(
                 logs,
                 "[real] sandbox: {} (network {})",
@@ -766,7 +927,7 @@ impl RealAgent {
         let _ = writeln!(logs, "[real] environment: {}", names.join(" "));
 
         if let Some(l) = &limits {
-            let _ = writeln!(logs, "[real] limits: {}", l.to_json());
+            let _ = writeln!(logs, "[real] limits: {}", limits_json(l));
         }
         // The workspace-size watchdog: the workspace is on the host's disk,
         // outside every rlimit but the per-file one.
@@ -784,6 +945,25 @@ impl RealAgent {
         stop.cancel();
         if let Some(w) = watchdog {
             let _ = w.await;
+        }
+        // The kernel's accounting, then nothing of the step survives it:
+        // every process left in its cgroup is killed and the cgroup removed.
+        let usage = cgroup.as_ref().map(crate::cgroup::StepCgroup::usage);
+        if let Some(cg) = cgroup {
+            match tokio::task::spawn_blocking(move || cg.kill_and_remove()).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => {
+                    let _ = writeln!(logs, "[real] cgroup: killed {n} leftover process(es)");
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "step cgroup not removed");
+                    let _ = writeln!(logs, "[real] cgroup: not removed: {e}");
+                }
+                Err(_) => {}
+            }
+        }
+        if let Some(u) = &usage {
+            let _ = writeln!(logs, "[real] cgroup usage: {}", u.to_json());
         }
         let out = match ran {
             Ok(o) => o,
@@ -808,6 +988,26 @@ impl RealAgent {
                         l.workspace_size
                     ),
                 ))
+            } else if let Some(kind) = usage.as_ref().and_then(|u| {
+                // An OOM kill disrupted the step whatever its exit says;
+                // refused forks count when the agent failed.
+                u.hit().filter(|k| *k == "memory" || !out.exit.success())
+            }) {
+                let u = usage.unwrap_or_default();
+                Some((
+                    kind,
+                    if kind == "memory" {
+                        format!(
+                            "the kernel killed {} process(es) at the step's cgroup memory limit of {} bytes",
+                            u.oom_kills, l.address_space
+                        )
+                    } else {
+                        format!(
+                            "the step's cgroup refused {} fork(s) at its limit of {} processes",
+                            u.pids_refused, l.processes
+                        )
+                    },
+                ))
             } else if !out.exit.success() && !cancel.is_cancelled() {
                 resource_hit(out.exit, &String::from_utf8_lossy(&out.stderr.bytes))
                     .map(|(k, why)| (k, why.to_owned()))
@@ -822,11 +1022,14 @@ impl RealAgent {
                     format!("{} was stopped: {why} (limit {kind})", spec.name),
                 );
                 e.details.insert("limit".into(), json!(kind));
-                e.details.insert("limits".into(), l.to_json());
+                e.details.insert("limits".into(), limits_json(l));
+                if let Some(u) = &usage {
+                    e.details.insert("cgroup".into(), u.to_json());
+                }
                 let mut o = StepOutcome::failure(Status::Failed, e);
                 o.logs = format!("{logs}[real] {}\n", o.summary);
                 o.metrics = base_metrics(t0.elapsed());
-                o.metrics.insert("limits".into(), l.to_json());
+                o.metrics.insert("limits".into(), limits_json(l));
                 o.raw_stdout = Some(out.stdout.bytes);
                 o.raw_stderr = Some(out.stderr.bytes);
                 return o;
@@ -932,7 +1135,7 @@ impl RealAgent {
         }
         metrics.insert("sandboxed".into(), json!(sandbox.is_some()));
         if let Some(l) = &limits {
-            metrics.insert("limits".into(), l.to_json());
+            metrics.insert("limits".into(), limits_json(l));
         }
         outcome.metrics = metrics;
         outcome.raw_stdout = Some(out.stdout.bytes);

@@ -144,6 +144,10 @@ pub struct Mounts {
     pub network: bool,
     /// This step's limits; `None` = the profile's own.
     pub limits: Option<Limits>,
+    /// A cgroup holds the step's memory and processes: the per-process
+    /// address-space and per-uid process rlimits stay at the operator's
+    /// values (a backstop), the step's own values are the cgroup's.
+    pub cgroup: bool,
 }
 
 /// The system directories bound read-only (when they exist). `/etc` is not
@@ -256,8 +260,12 @@ impl Sandbox {
                 limits,
             } => {
                 let mut out = spec.clone();
-                let limits = mounts.limits.unwrap_or(*limits);
-                let args = bwrap_args(spec, mounts, prlimit.as_deref(), limits, *uid);
+                let mut step = mounts.limits.unwrap_or(*limits);
+                if mounts.cgroup {
+                    step.address_space = limits.address_space;
+                    step.processes = limits.processes;
+                }
+                let args = bwrap_args(spec, mounts, prlimit.as_deref(), step, *uid);
                 match setpriv {
                     // As root, bwrap would map the agent's uid to host root
                     // (it could read /etc/shadow through any bind, and leave
