@@ -415,6 +415,29 @@ impl StepCgroup {
 
     /// The kernel's accounting so far.
     pub fn usage(&self) -> Usage {
+        self.counters().usage()
+    }
+
+    /// A handle that reads the accounting while the step runs (for the
+    /// runner's watchdog), without owning the cgroup.
+    pub fn counters(&self) -> Counters {
+        Counters {
+            v2: self.v2,
+            dirs: self.dirs.clone(),
+        }
+    }
+}
+
+/// Reads a step cgroup's accounting ([`StepCgroup::counters`]).
+#[derive(Debug, Clone)]
+pub struct Counters {
+    v2: bool,
+    dirs: Vec<PathBuf>,
+}
+
+impl Counters {
+    /// The kernel's accounting so far (zeros once the cgroup is gone).
+    pub fn usage(&self) -> Usage {
         let d = &self.dirs[0];
         if self.v2 {
             Usage {
@@ -430,7 +453,9 @@ impl StepCgroup {
             }
         }
     }
+}
 
+impl StepCgroup {
     /// Pids in the cgroup (in any of its v1 directories).
     fn pids(&self) -> std::collections::BTreeSet<i32> {
         self.dirs

@@ -663,6 +663,27 @@ fn limits_json(
     v
 }
 
+/// How often the step's cgroup is checked for OOM kills.
+const OOM_WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Fires `stop` once the kernel's OOM killer killed a process of the step.
+async fn watch_oom(counters: crate::cgroup::Counters, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(OOM_WATCH_INTERVAL) => {}
+        }
+        let c = counters.clone();
+        let u = tokio::task::spawn_blocking(move || c.usage())
+            .await
+            .unwrap_or_default();
+        if u.oom_kills > 0 {
+            stop.cancel();
+            return;
+        }
+    }
+}
+
 /// Which resource limit a failed agent ran into, from its exit signal or
 /// the error messages the limits cause (ENOSPC, ENOMEM, EAGAIN on fork).
 fn resource_hit(exit: ExitKind, stderr: &str) -> Option<(&'static str, &'static str)> {
@@ -941,7 +962,15 @@ impl RealAgent {
                 over.clone(),
             ))
         });
+        // The OOM killer acts inside the step at once; the step is stopped
+        // when it did (the agent would otherwise go on, maimed).
+        let oom_watch = cgroup
+            .as_ref()
+            .map(|cg| tokio::spawn(watch_oom(cg.counters(), stop.clone())));
         let ran = exec::run(&exec_spec, stop.clone()).await;
+        if let Some(w) = oom_watch {
+            w.abort();
+        }
         stop.cancel();
         if let Some(w) = watchdog {
             let _ = w.await;

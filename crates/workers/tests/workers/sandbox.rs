@@ -630,6 +630,7 @@ exec bash -c 'exec 3<>wait.fifo; while [ ! -e go ]; do read -t 0.2 -u 3 x; done;
     let req_a = a.request("hostile", 1, forty_processes());
     let job_a = tokio::spawn(async move { run(&cfg_a, &req_a).await });
     let full = a.work().join("full");
+    let started = std::time::Instant::now();
     for _ in 0..1200 {
         if full.exists() || job_a.is_finished() {
             break;
@@ -643,6 +644,7 @@ exec bash -c 'exec 3<>wait.fifo; while [ ! -e go ]; do read -t 0.2 -u 3 x; done;
             o.summary, o.logs
         );
     }
+    let refused_after = started.elapsed();
     // Job B, same sandbox uid and the same limit, needs a few processes.
     let b = Lab::new();
     b.agent("/bin/echo started > b.txt && /bin/cat b.txt > c.txt || exit 1");
@@ -668,6 +670,11 @@ exec bash -c 'exec 3<>wait.fifo; while [ ! -e go ]; do read -t 0.2 -u 3 x; done;
         o_a.logs
     );
     let details = &o_a.error.as_ref().expect("error").details;
+    eprintln!(
+        "fork bomb: limit reached {} ms after the step started; cgroup {}",
+        refused_after.as_millis(),
+        details["cgroup"]
+    );
     assert_eq!(details.get("limit"), Some(&serde_json::json!("processes")));
     assert!(
         details["limits"]["enforced_by"]["processes"]
