@@ -725,6 +725,145 @@ fn resource_hit(exit: ExitKind, stderr: &str) -> Option<(&'static str, &'static 
     None
 }
 
+/// What [`RealAgent::prepare`] decided: the program, the sandbox, the
+/// environment and argv, the prompt on stdin (or `None`: in a file) and
+/// the step's limits.
+struct Prepared<'c> {
+    program: PathBuf,
+    sandbox: Option<&'c Sandbox>,
+    env_extra: Vec<(String, String)>,
+    argv: Vec<String>,
+    stdin: Option<Vec<u8>>,
+    limits: Option<sandbox::Limits>,
+}
+
+/// What [`supervise`] saw: the run, the workspace size when the watchdog
+/// stopped it (0 = it did not), the cgroup's accounting.
+struct Supervised {
+    ran: Result<exec::ExecOutput, ExecError>,
+    over: u64,
+    usage: Option<crate::cgroup::Usage>,
+}
+
+/// Phase 4: runs the command under its watchdogs — the workspace size
+/// (the workspace is on the host's disk, outside every rlimit but the
+/// per-file one) and the cgroup's OOM kills — then reads the cgroup's
+/// accounting, kills whatever is left in it and removes it.
+async fn supervise(
+    exec_spec: &ExecSpec,
+    workdir: &Path,
+    limits: Option<&sandbox::Limits>,
+    cgroup: Option<crate::cgroup::StepCgroup>,
+    cancel: &CancellationToken,
+    logs: &mut String,
+) -> Supervised {
+    let stop = cancel.child_token();
+    let over = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let watchdog = limits.map(|l| {
+        tokio::spawn(watch_workspace(
+            workdir.to_path_buf(),
+            l.workspace_size,
+            stop.clone(),
+            over.clone(),
+        ))
+    });
+    // The OOM killer acts inside the step at once; the step is stopped
+    // when it did (the agent would otherwise go on, maimed).
+    let oom_watch = cgroup
+        .as_ref()
+        .map(|cg| tokio::spawn(watch_oom(cg.counters(), stop.clone())));
+    let ran = exec::run(exec_spec, stop.clone()).await;
+    if let Some(w) = oom_watch {
+        w.abort();
+    }
+    stop.cancel();
+    if let Some(w) = watchdog {
+        let _ = w.await;
+    }
+    // The kernel's accounting, then nothing of the step survives it:
+    // every process left in its cgroup is killed and the cgroup removed.
+    let usage = cgroup.as_ref().map(crate::cgroup::StepCgroup::usage);
+    if let Some(cg) = cgroup {
+        match tokio::task::spawn_blocking(move || cg.kill_and_remove()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => {
+                let _ = writeln!(logs, "[real] cgroup: killed {n} leftover process(es)");
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "step cgroup not removed");
+                let _ = writeln!(logs, "[real] cgroup: not removed: {e}");
+            }
+            Err(_) => {}
+        }
+    }
+    if let Some(u) = &usage {
+        let _ = writeln!(logs, "[real] cgroup usage: {}", u.to_json());
+    }
+    Supervised {
+        ran,
+        over: over.load(std::sync::atomic::Ordering::SeqCst),
+        usage,
+    }
+}
+
+/// Phase 5: which limit, if any, the step ran into, and why: the
+/// workspace (the watchdog's figure, or one last measurement), the
+/// cgroup's OOM kills or refused forks, or what the agent's exit and
+/// stderr say (SIGXCPU, ENOSPC, ...).
+async fn limit_outcome(
+    l: &sandbox::Limits,
+    workdir: &Path,
+    over: u64,
+    usage: Option<&crate::cgroup::Usage>,
+    out: &exec::ExecOutput,
+    cancel: &CancellationToken,
+) -> Option<(&'static str, String)> {
+    let mut used = over;
+    if used == 0 && !cancel.is_cancelled() {
+        let work = workdir.to_path_buf();
+        used = tokio::task::spawn_blocking(move || disk_usage(&work))
+            .await
+            .unwrap_or(0);
+        if used <= l.workspace_size {
+            used = 0;
+        }
+    }
+    if used > 0 {
+        return Some((
+            "workspace_size",
+            format!(
+                "the workspace grew to {used} bytes, over its limit of {} bytes",
+                l.workspace_size
+            ),
+        ));
+    }
+    // An OOM kill disrupted the step whatever its exit says; refused forks
+    // count when the agent failed.
+    if let Some(u) = usage
+        && let Some(kind) = u.hit().filter(|k| *k == "memory" || !out.exit.success())
+    {
+        return Some((
+            kind,
+            if kind == "memory" {
+                format!(
+                    "the kernel killed {} process(es) at the step's cgroup memory limit of {} bytes",
+                    u.oom_kills, l.address_space
+                )
+            } else {
+                format!(
+                    "the step's cgroup refused {} fork(s) at its limit of {} processes",
+                    u.pids_refused, l.processes
+                )
+            },
+        ));
+    }
+    if !out.exit.success() && !cancel.is_cancelled() {
+        return resource_hit(out.exit, &String::from_utf8_lossy(&out.stderr.bytes))
+            .map(|(k, why)| (k, why.to_owned()));
+    }
+    None
+}
+
 /// A real agent CLI.
 #[derive(Debug, Clone)]
 pub struct RealAgent {
@@ -737,21 +876,123 @@ impl RealAgent {
         Self { spec, cfg }
     }
 
+    /// One attempt of one step, in named phases: [`Self::prepare`] (state
+    /// directories, the command's values, limits, hand-over),
+    /// [`Self::create_cgroup`], [`Self::build_command`] (sandbox and cgroup
+    /// wrapped around the agent), [`supervise`] (run it under the watchdogs,
+    /// then clean up its cgroup), [`limit_outcome`], and [`Self::collect`]
+    /// (post-step checks, output parsing, metrics). Each phase that can end
+    /// the step returns its outcome as `Err`.
     async fn execute(&self, req: &StepRequest, cancel: CancellationToken) -> StepOutcome {
         let t0 = Instant::now();
+        let mut logs = format!(
+            "[real] agent={} role={} job={} step={} attempt={}\n",
+            self.spec.name, req.step.role, req.job_id, req.step.step_id, req.attempt
+        );
+        match self.attempt(req, &cancel, t0, &mut logs).await {
+            Ok(o) => o,
+            Err(o) => *o,
+        }
+    }
+
+    async fn attempt(
+        &self,
+        req: &StepRequest,
+        cancel: &CancellationToken,
+        t0: Instant,
+        logs: &mut String,
+    ) -> Result<StepOutcome, Box<StepOutcome>> {
+        let prepared = self.prepare(req, t0, logs)?;
+        let cgroup = self.create_cgroup(prepared.limits.as_ref(), t0, logs)?;
+        let cgroup_kind = cgroup
+            .as_ref()
+            .and(self.cfg.cgroups.as_ref())
+            .map(crate::cgroup::Cgroups::kind);
+        let operator = prepared.sandbox.and_then(Sandbox::limits);
+        let cpu_percent = self.cfg.cpu_percent;
+        let limits_json =
+            |l: &sandbox::Limits| limits_json(l, operator.as_ref(), cgroup_kind, cpu_percent);
+        let exec_spec = self.build_command(req, &prepared, cgroup.as_ref(), logs);
+        if let Some(l) = &prepared.limits {
+            let _ = writeln!(logs, "[real] limits: {}", limits_json(l));
+        }
+        let run = supervise(
+            &exec_spec,
+            &req.workdir,
+            prepared.limits.as_ref(),
+            cgroup,
+            cancel,
+            logs,
+        )
+        .await;
+        let out = match run.ran {
+            Ok(o) => o,
+            Err(e) => {
+                return Err(Box::new(failure_outcome(
+                    Status::Failed,
+                    ErrorInfo::new(e.code(), e.to_string()),
+                    logs,
+                    t0.elapsed(),
+                )));
+            }
+        };
+        if let Some(l) = &prepared.limits
+            && let Some((kind, why)) =
+                limit_outcome(l, &req.workdir, run.over, run.usage.as_ref(), &out, cancel).await
+        {
+            let _ = writeln!(logs, "[real] refused: resource limit {kind}: {why}");
+            tracing::warn!(job_id = %req.job_id, step_id = %req.step.step_id, limit = kind, "resource limit hit");
+            let mut e = ErrorInfo::new(
+                "resource_limit",
+                format!("{} was stopped: {why} (limit {kind})", self.spec.name),
+            );
+            e.details.insert("limit".into(), json!(kind));
+            e.details.insert("limits".into(), limits_json(l));
+            if let Some(u) = &run.usage {
+                e.details.insert("cgroup".into(), u.to_json());
+            }
+            let mut o = StepOutcome::failure(Status::Failed, e);
+            o.logs = format!("{logs}[real] {}\n", o.summary);
+            o.metrics = base_metrics(t0.elapsed());
+            o.metrics.insert("limits".into(), limits_json(l));
+            o.raw_stdout = Some(out.stdout.bytes);
+            o.raw_stderr = Some(out.stderr.bytes);
+            return Err(Box::new(o));
+        }
+        let mut outcome = self.collect(req, out, t0, logs)?;
+        outcome
+            .metrics
+            .insert("sandboxed".into(), json!(prepared.sandbox.is_some()));
+        if let Some(l) = &prepared.limits {
+            outcome.metrics.insert("limits".into(), limits_json(l));
+        }
+        Ok(outcome)
+    }
+
+    /// Phase 1: everything before the command exists — the git check, the
+    /// allowlisted program, the sandbox decision, the per-job state
+    /// directories (seeded, prompt file written, all confined), the
+    /// template values, the step's limits and, under a root runner, the
+    /// hand-over of the job's directories to the sandbox uid.
+    fn prepare<'c>(
+        &'c self,
+        req: &StepRequest,
+        t0: Instant,
+        logs: &mut String,
+    ) -> Result<Prepared<'c>, Box<StepOutcome>> {
         let spec = &self.spec;
         let cfg = &self.cfg;
         let step = &req.step;
-        let mut logs = format!(
-            "[real] agent={} role={} job={} step={} attempt={}\n",
-            spec.name, step.role, req.job_id, step.step_id, req.attempt
-        );
         let fail = |status: Status, code: &str, msg: String, logs: &str| {
-            failure_outcome(status, ErrorInfo::new(code, msg), logs, t0.elapsed())
+            Box::new(failure_outcome(
+                status,
+                ErrorInfo::new(code, msg),
+                logs,
+                t0.elapsed(),
+            ))
         };
-
         if spec.needs_git && !crate::workspace::is_git_workspace(&req.workdir) {
-            return fail(
+            return Err(fail(
                 cfg.non_git_status,
                 "non_git_workdir",
                 format!(
@@ -760,60 +1001,51 @@ impl RealAgent {
                     req.workdir.display(),
                     cfg.non_git_status
                 ),
-                &logs,
-            );
+                logs,
+            ));
         }
-        let program = match cfg
+        let program = cfg
             .exec
             .resolve(spec.program(), &req.policy.allowed_binaries)
-        {
-            Ok(p) => p,
-            Err(e) => return fail(Status::Failed, e.code(), e.to_string(), &logs),
-        };
+            .map_err(|e| fail(Status::Failed, e.code(), e.to_string(), logs))?;
         let sandboxed = cfg.sandboxed(req.policy.sandbox);
         let sandbox = match (sandboxed, &cfg.sandbox) {
             (false, _) => None,
             (true, Some(s)) => Some(s),
             (true, None) => {
-                return fail(
+                return Err(fail(
                     Status::Failed,
                     "sandbox_unavailable",
                     format!(
                         "the step must run sandboxed but no sandbox is usable: {}",
                         cfg.sandbox_problem.as_deref().unwrap_or("unknown reason")
                     ),
-                    &logs,
-                );
+                    logs,
+                ));
             }
         };
-        let mut env_extra = match state_env(&req.state_dir, sandboxed) {
-            Ok(e) => e,
-            Err(e) => {
-                let what = format!("cannot prepare {}", req.state_dir.display());
-                return state_dir_failure(e, &what, &logs, t0.elapsed());
-            }
-        };
+        let mut env_extra = state_env(&req.state_dir, sandboxed).map_err(|e| {
+            let what = format!("cannot prepare {}", req.state_dir.display());
+            Box::new(state_dir_failure(e, &what, logs, t0.elapsed()))
+        })?;
         if let Some(seed) = &cfg.state_seed_dir {
-            match seed_state(seed, &req.state_dir) {
-                Ok(()) => {}
-                Err(e) => {
-                    let what = format!(
-                        "cannot seed {} from {}",
-                        req.state_dir.display(),
-                        seed.display()
-                    );
-                    return state_dir_failure(e, &what, &logs, t0.elapsed());
-                }
-            }
+            seed_state(seed, &req.state_dir).map_err(|e| {
+                let what = format!(
+                    "cannot seed {} from {}",
+                    req.state_dir.display(),
+                    seed.display()
+                );
+                Box::new(state_dir_failure(e, &what, logs, t0.elapsed()))
+            })?;
         }
 
         // The step's access (contracts::access), not the role's wording.
         let read_only = step.access() == contracts::Access::Read;
-        let mut values: BTreeMap<&str, String> = BTreeMap::new();
+        let mut values: BTreeMap<&'static str, String> = BTreeMap::new();
         if let Some(m) = &spec.model {
             values.insert("model", m.clone());
         }
-        if let Some(tools) = allowed_tools(step.allowed_tools.as_deref(), read_only, &mut logs) {
+        if let Some(tools) = allowed_tools(step.allowed_tools.as_deref(), read_only, logs) {
             values.insert("allowed_tools", tools);
         }
         values.insert(
@@ -834,13 +1066,12 @@ impl RealAgent {
         if spec.prompt == PromptMode::File {
             let rel = PathBuf::from("prompts").join(format!("{}-{}.md", step.step_id, req.attempt));
             let file = req.state_dir.join(&rel);
-            match confine::write_beneath(&req.state_dir, &rel, req.prompt.as_bytes(), 0o600) {
-                Ok(()) => {}
-                Err(e) => {
+            confine::write_beneath(&req.state_dir, &rel, req.prompt.as_bytes(), 0o600).map_err(
+                |e| {
                     let what = format!("cannot write the prompt file {}", file.display());
-                    return state_dir_failure(e, &what, &logs, t0.elapsed());
-                }
-            }
+                    Box::new(state_dir_failure(e, &what, logs, t0.elapsed()))
+                },
+            )?;
             values.insert("prompt_file", file.display().to_string());
             stdin = None;
         }
@@ -854,84 +1085,108 @@ impl RealAgent {
         if let Some(uid) = sandbox.and_then(Sandbox::host_uid) {
             // A root runner starts the agent as `uid`: hand it the job's
             // workspace and state directory (never anything else).
-            if let Err(msg) = hand_over(&req.workdir, &req.state_dir, uid) {
-                return fail(Status::Failed, "sandbox_unavailable", msg, &logs);
-            }
+            hand_over(&req.workdir, &req.state_dir, uid)
+                .map_err(|msg| fail(Status::Failed, "sandbox_unavailable", msg, logs))?;
         }
-        // The step's cgroup: memory and processes for the whole step.
-        let cgroup = match (&limits, &cfg.cgroups) {
-            (Some(l), Some(cgs)) => match cgs.create(crate::cgroup::CgroupLimits {
-                memory_bytes: l.address_space,
-                processes: l.processes,
-                cpu_percent: cfg.cpu_percent,
-            }) {
-                Ok(cg) => {
-                    let _ = writeln!(
-                        logs,
-                        "[real] cgroup: {} ({})",
-                        cg.path().display(),
-                        cgs.kind()
-                    );
-                    Some(cg)
-                }
-                Err(e) if cfg.cgroup_required => {
-                    return fail(
-                        Status::Failed,
-                        "sandbox_setup",
-                        format!("cannot create the step's cgroup (SANDBOX_CGROUP=require): {e}"),
-                        &logs,
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot create a step cgroup; rlimits only");
-                    let _ = writeln!(
-                        logs,
-                        "[real] cgroup: none (cannot create one: {e}); memory holds per process, processes per host uid"
-                    );
-                    None
-                }
-            },
-            (Some(_), None) => {
+        env_extra.sort();
+        Ok(Prepared {
+            program,
+            sandbox,
+            env_extra,
+            argv: agents::expand(&spec.argv, &values),
+            stdin,
+            limits,
+        })
+    }
+
+    /// Phase 2: the step's cgroup (memory and processes for the whole
+    /// step), when the step has limits and the runner can create cgroups.
+    /// Without one the step runs on rlimits alone (said in its logs),
+    /// unless `SANDBOX_CGROUP=require`.
+    fn create_cgroup(
+        &self,
+        limits: Option<&sandbox::Limits>,
+        t0: Instant,
+        logs: &mut String,
+    ) -> Result<Option<crate::cgroup::StepCgroup>, Box<StepOutcome>> {
+        let cfg = &self.cfg;
+        let Some(l) = limits else {
+            return Ok(None);
+        };
+        let Some(cgs) = &cfg.cgroups else {
+            let _ = writeln!(
+                logs,
+                "[real] cgroup: none ({}); memory holds per process, processes per host uid",
+                cfg.cgroup_problem.as_deref().unwrap_or("unavailable")
+            );
+            return Ok(None);
+        };
+        match cgs.create(crate::cgroup::CgroupLimits {
+            memory_bytes: l.address_space,
+            processes: l.processes,
+            cpu_percent: cfg.cpu_percent,
+        }) {
+            Ok(cg) => {
                 let _ = writeln!(
                     logs,
-                    "[real] cgroup: none ({}); memory holds per process, processes per host uid",
-                    cfg.cgroup_problem.as_deref().unwrap_or("unavailable")
+                    "[real] cgroup: {} ({})",
+                    cg.path().display(),
+                    cgs.kind()
                 );
-                None
+                Ok(Some(cg))
             }
-            _ => None,
-        };
-        let cgroup_kind = cgroup
-            .as_ref()
-            .and(cfg.cgroups.as_ref())
-            .map(crate::cgroup::Cgroups::kind);
-        let operator = sandbox.and_then(Sandbox::limits);
-        let limits_json =
-            |l: &sandbox::Limits| limits_json(l, operator.as_ref(), cgroup_kind, cfg.cpu_percent);
-        let argv = agents::expand(&spec.argv, &values);
-        env_extra.sort();
-        let mut exec_spec = ExecSpec::new(program, req.workdir.clone());
-        exec_spec.args = argv.iter().skip(1).map(Into::into).collect();
-        exec_spec.env = cfg.exec.child_env(&env_extra);
-        exec_spec.stdin = stdin;
-        exec_spec.timeout = Some(Duration::from_secs(u64::from(step.timeout_sec)));
+            Err(e) if cfg.cgroup_required => Err(Box::new(failure_outcome(
+                Status::Failed,
+                ErrorInfo::new(
+                    "sandbox_setup",
+                    format!("cannot create the step's cgroup (SANDBOX_CGROUP=require): {e}"),
+                ),
+                logs,
+                t0.elapsed(),
+            ))),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot create a step cgroup; rlimits only");
+                let _ = writeln!(
+                    logs,
+                    "[real] cgroup: none (cannot create one: {e}); memory holds per process, processes per host uid"
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// Phase 3: the command — the agent's argv and cleared environment,
+    /// wrapped in the sandbox (network: the stricter of the job's and the
+    /// runner's policy) and joined to the step's cgroup.
+    fn build_command(
+        &self,
+        req: &StepRequest,
+        p: &Prepared<'_>,
+        cgroup: Option<&crate::cgroup::StepCgroup>,
+        logs: &mut String,
+    ) -> ExecSpec {
+        let cfg = &self.cfg;
+        let mut exec_spec = ExecSpec::new(p.program.clone(), req.workdir.clone());
+        exec_spec.args = p.argv.iter().skip(1).map(Into::into).collect();
+        exec_spec.env = cfg.exec.child_env(&p.env_extra);
+        exec_spec.stdin = p.stdin.clone();
+        exec_spec.timeout = Some(Duration::from_secs(u64::from(req.step.timeout_sec)));
         exec_spec.idle_timeout = cfg.max_idle;
         exec_spec.max_output_chars = cfg.exec.max_output_chars;
         exec_spec.kill_grace = cfg.exec.kill_grace;
         // The stricter of the job's and the runner's policy: a job can make
         // the sandbox stricter, never wider.
         let network = req.policy.network == NetworkPolicy::Allow && cfg.network_allow;
-        if let Some(sb) = sandbox {
+        if let Some(sb) = p.sandbox {
             let mounts = Mounts {
                 rw: vec![req.workdir.clone(), req.state_dir.clone()],
-                ro: spec.ro_paths.clone(),
+                ro: self.spec.ro_paths.clone(),
                 network,
-                limits,
+                limits: p.limits,
                 cgroup: cgroup.is_some(),
             };
             exec_spec = sb.wrap(&exec_spec, &mounts);
             exec_spec.cgroup = cgroup
-                .as_ref()
                 .map(crate::cgroup::StepCgroup::procs_files)
                 .unwrap_or_default();
             let _ = writeln!(
@@ -946,124 +1201,20 @@ impl RealAgent {
         let _ = writeln!(logs, "[real] command: {}", exec_spec.display());
         let names: Vec<&str> = exec_spec.env.iter().map(|(k, _)| k.as_str()).collect();
         let _ = writeln!(logs, "[real] environment: {}", names.join(" "));
+        exec_spec
+    }
 
-        if let Some(l) = &limits {
-            let _ = writeln!(logs, "[real] limits: {}", limits_json(l));
-        }
-        // The workspace-size watchdog: the workspace is on the host's disk,
-        // outside every rlimit but the per-file one.
-        let stop = cancel.child_token();
-        let over = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let watchdog = limits.map(|l| {
-            tokio::spawn(watch_workspace(
-                req.workdir.clone(),
-                l.workspace_size,
-                stop.clone(),
-                over.clone(),
-            ))
-        });
-        // The OOM killer acts inside the step at once; the step is stopped
-        // when it did (the agent would otherwise go on, maimed).
-        let oom_watch = cgroup
-            .as_ref()
-            .map(|cg| tokio::spawn(watch_oom(cg.counters(), stop.clone())));
-        let ran = exec::run(&exec_spec, stop.clone()).await;
-        if let Some(w) = oom_watch {
-            w.abort();
-        }
-        stop.cancel();
-        if let Some(w) = watchdog {
-            let _ = w.await;
-        }
-        // The kernel's accounting, then nothing of the step survives it:
-        // every process left in its cgroup is killed and the cgroup removed.
-        let usage = cgroup.as_ref().map(crate::cgroup::StepCgroup::usage);
-        if let Some(cg) = cgroup {
-            match tokio::task::spawn_blocking(move || cg.kill_and_remove()).await {
-                Ok(Ok(0)) => {}
-                Ok(Ok(n)) => {
-                    let _ = writeln!(logs, "[real] cgroup: killed {n} leftover process(es)");
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "step cgroup not removed");
-                    let _ = writeln!(logs, "[real] cgroup: not removed: {e}");
-                }
-                Err(_) => {}
-            }
-        }
-        if let Some(u) = &usage {
-            let _ = writeln!(logs, "[real] cgroup usage: {}", u.to_json());
-        }
-        let out = match ran {
-            Ok(o) => o,
-            Err(e) => return fail(Status::Failed, e.code(), e.to_string(), &logs),
-        };
-        if let Some(l) = &limits {
-            let mut used = over.load(std::sync::atomic::Ordering::SeqCst);
-            if used == 0 && !cancel.is_cancelled() {
-                let work = req.workdir.clone();
-                used = tokio::task::spawn_blocking(move || disk_usage(&work))
-                    .await
-                    .unwrap_or(0);
-                if used <= l.workspace_size {
-                    used = 0;
-                }
-            }
-            let hit = if used > 0 {
-                Some((
-                    "workspace_size",
-                    format!(
-                        "the workspace grew to {used} bytes, over its limit of {} bytes",
-                        l.workspace_size
-                    ),
-                ))
-            } else if let Some(kind) = usage.as_ref().and_then(|u| {
-                // An OOM kill disrupted the step whatever its exit says;
-                // refused forks count when the agent failed.
-                u.hit().filter(|k| *k == "memory" || !out.exit.success())
-            }) {
-                let u = usage.unwrap_or_default();
-                Some((
-                    kind,
-                    if kind == "memory" {
-                        format!(
-                            "the kernel killed {} process(es) at the step's cgroup memory limit of {} bytes",
-                            u.oom_kills, l.address_space
-                        )
-                    } else {
-                        format!(
-                            "the step's cgroup refused {} fork(s) at its limit of {} processes",
-                            u.pids_refused, l.processes
-                        )
-                    },
-                ))
-            } else if !out.exit.success() && !cancel.is_cancelled() {
-                resource_hit(out.exit, &String::from_utf8_lossy(&out.stderr.bytes))
-                    .map(|(k, why)| (k, why.to_owned()))
-            } else {
-                None
-            };
-            if let Some((kind, why)) = hit {
-                let _ = writeln!(logs, "[real] refused: resource limit {kind}: {why}");
-                tracing::warn!(job_id = %req.job_id, step_id = %step.step_id, limit = kind, "resource limit hit");
-                let mut e = ErrorInfo::new(
-                    "resource_limit",
-                    format!("{} was stopped: {why} (limit {kind})", spec.name),
-                );
-                e.details.insert("limit".into(), json!(kind));
-                e.details.insert("limits".into(), limits_json(l));
-                if let Some(u) = &usage {
-                    e.details.insert("cgroup".into(), u.to_json());
-                }
-                let mut o = StepOutcome::failure(Status::Failed, e);
-                o.logs = format!("{logs}[real] {}\n", o.summary);
-                o.metrics = base_metrics(t0.elapsed());
-                o.metrics.insert("limits".into(), limits_json(l));
-                o.raw_stdout = Some(out.stdout.bytes);
-                o.raw_stderr = Some(out.stderr.bytes);
-                return o;
-            }
-        }
+    /// Phase 6: what the agent left and what it said — the post-step checks
+    /// (planted links, git configuration, setuid bits: `sandbox_violation`),
+    /// then its output parsed and normalised, with cost metrics.
+    fn collect(
+        &self,
+        req: &StepRequest,
+        out: exec::ExecOutput,
+        t0: Instant,
+        logs: &mut String,
+    ) -> Result<StepOutcome, Box<StepOutcome>> {
+        let spec = &self.spec;
         let _ = writeln!(
             logs,
             "[real] {} after {} ms; stdout {} bytes{}, stderr {} bytes{}",
@@ -1096,11 +1247,11 @@ impl RealAgent {
             }
         }
         if !refused.is_empty() {
-            tracing::warn!(job_id = %req.job_id, step_id = %step.step_id, refused = ?refused, "sandbox violation");
-            let mut o = violation_outcome(&refused, &logs, t0.elapsed());
+            tracing::warn!(job_id = %req.job_id, step_id = %req.step.step_id, refused = ?refused, "sandbox violation");
+            let mut o = violation_outcome(&refused, logs, t0.elapsed());
             o.raw_stdout = Some(out.stdout.bytes);
             o.raw_stderr = Some(out.stderr.bytes);
-            return o;
+            return Err(Box::new(o));
         }
         let mut parsed = output::parse(spec.format, &out.stdout.for_parsing());
         if out.stdout.truncated {
@@ -1162,14 +1313,10 @@ impl RealAgent {
         } else {
             metrics.insert("cost_source".into(), json!("agent"));
         }
-        metrics.insert("sandboxed".into(), json!(sandbox.is_some()));
-        if let Some(l) = &limits {
-            metrics.insert("limits".into(), limits_json(l));
-        }
         outcome.metrics = metrics;
         outcome.raw_stdout = Some(out.stdout.bytes);
         outcome.raw_stderr = Some(out.stderr.bytes);
-        outcome
+        Ok(outcome)
     }
 
     fn normalise(
