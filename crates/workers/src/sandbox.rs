@@ -26,7 +26,9 @@
 //! - resource limits ([`Limits`]) through util-linux `prlimit` when it is
 //!   installed (address space, processes, file size, open files, CPU
 //!   time) and the tmpfs size of `/tmp`; the runner adds a workspace-size
-//!   watchdog.
+//!   watchdog and, where it can, a per-step cgroup ([`crate::cgroup`]) that
+//!   holds memory and processes for the whole step (the address-space and
+//!   process rlimits then stay at the operator's values, as a backstop).
 //!
 //! `SANDBOX_WRAPPER` + `SANDBOX_WRAPPER_ARGS` replace the profile: the
 //! command becomes `<wrapper> <args...> <program> <program args...>`.
