@@ -603,3 +603,59 @@ pub fn adopt(procs: &[PathBuf], pid: u32) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flat_keyed_counters_are_read_by_key() {
+        let d = tempfile::tempdir().expect("tmp");
+        let f = d.path().join("memory.events");
+        std::fs::write(&f, "low 0\nhigh 0\nmax 12\noom 3\noom_kill 2\n").expect("write");
+        assert_eq!(counter(&f, "oom_kill"), 2);
+        assert_eq!(counter(&f, "oom"), 3);
+        assert_eq!(counter(&f, "max"), 12);
+        assert_eq!(counter(&f, "absent"), 0);
+        assert_eq!(counter(&d.path().join("missing"), "oom_kill"), 0);
+    }
+
+    #[test]
+    fn cgroup_paths_map_into_their_mount() {
+        let p = Path::new("/sys/fs/cgroup/memory");
+        assert_eq!(
+            dir_of(p, "/", "/process_api/x"),
+            Some(PathBuf::from("/sys/fs/cgroup/memory/process_api/x"))
+        );
+        // A container's mount shows its own cgroup as the root.
+        assert_eq!(
+            dir_of(p, "/docker/abc", "/docker/abc/orch"),
+            Some(PathBuf::from("/sys/fs/cgroup/memory/orch"))
+        );
+        assert_eq!(dir_of(p, "/docker/abc", "/elsewhere"), None);
+    }
+
+    #[test]
+    fn usage_names_memory_before_processes() {
+        let u = |oom_kills, pids_refused| Usage {
+            oom_kills,
+            pids_refused,
+            memory_peak_bytes: None,
+        };
+        assert_eq!(u(0, 0).hit(), None);
+        assert_eq!(u(0, 4).hit(), Some("processes"));
+        assert_eq!(u(1, 4).hit(), Some("memory"));
+    }
+
+    #[test]
+    fn parent_pids_are_read_from_proc_stat() {
+        // This process's parent, read through the same parser.
+        let me = i32::try_from(std::process::id()).expect("pid");
+        assert_eq!(
+            ppid(me),
+            Some(nix::unistd::getppid().as_raw()),
+            "the stat parser disagrees with getppid"
+        );
+        assert_eq!(ppid(i32::MAX), None);
+    }
+}
