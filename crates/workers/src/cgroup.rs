@@ -271,6 +271,49 @@ impl Cgroups {
         }
     }
 
+    /// Removes step cgroups left by runners that are gone (a runner
+    /// killed mid-step cannot remove its own): every `orch-<pid>-<n>`
+    /// whose runner pid no longer exists is emptied and removed. Returns
+    /// how many it removed.
+    pub fn sweep_stale(&self) -> usize {
+        let parents: Vec<&PathBuf> = match &self.hierarchy {
+            Hierarchy::V2 { parent } => vec![parent],
+            Hierarchy::V1 { memory, pids, cpu } => {
+                let mut v = vec![memory, pids];
+                v.extend(cpu.iter());
+                v
+            }
+        };
+        let mut removed = 0;
+        for parent in parents {
+            let Ok(entries) = std::fs::read_dir(parent) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(pid) = name
+                    .strip_prefix("orch-")
+                    .and_then(|r| r.split('-').next())
+                    .and_then(|p| p.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if Path::new(&format!("/proc/{pid}")).exists() {
+                    continue;
+                }
+                let mut cg = StepCgroup {
+                    v2: matches!(self.hierarchy, Hierarchy::V2 { .. }),
+                    dirs: vec![e.path()],
+                    removed: false,
+                };
+                if cg.teardown().is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
     /// Creates a fresh cgroup for one step with `limits`. A failure
     /// removes what was created.
     pub fn create(&self, limits: CgroupLimits) -> io::Result<StepCgroup> {
@@ -483,6 +526,9 @@ impl StepCgroup {
         }
         self.removed = true;
         let mut killed = std::collections::BTreeSet::new();
+        if self.dirs.is_empty() {
+            return Ok(0);
+        }
         let mut last = None;
         // A process forking while we kill is still inside (children join
         // their parent's cgroup), and pids.max bounds how many there are:

@@ -472,6 +472,13 @@ fn cgroups_from_env(
     };
     match found {
         Ok(c) => {
+            let stale = c.sweep_stale();
+            if stale > 0 {
+                tracing::info!(
+                    removed = stale,
+                    "removed step cgroups left by runners that are gone"
+                );
+            }
             tracing::info!(cgroups = %c.describe(), "per-step cgroups hold memory and processes");
             Ok((Some(c), None))
         }

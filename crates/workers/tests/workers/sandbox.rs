@@ -723,3 +723,44 @@ ok=0; for p in $pids; do wait $p || ok=1; done; exit $ok",
     let dir = cgroup_dir(&o);
     assert!(!dir.exists(), "{} was left behind", dir.display());
 }
+
+#[test]
+fn step_cgroups_of_a_runner_that_is_gone_are_swept_at_start() {
+    if !require_cgroups() {
+        return;
+    }
+    let cgroups = workers::cgroup::Cgroups::detect(None).expect("cgroups");
+    // A pid that does not exist stands for a runner killed mid-step.
+    let dead = (4_000_000u32..4_194_304)
+        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        .expect("a free pid");
+    let parent = cgroups
+        .create(workers::cgroup::CgroupLimits {
+            memory_bytes: 64 << 20,
+            processes: 8,
+            cpu_percent: 0,
+        })
+        .expect("create");
+    // Its siblings: the same parents, a dead runner's name.
+    let stale: Vec<PathBuf> = parent
+        .procs_files()
+        .iter()
+        .map(|f| {
+            f.parent()
+                .and_then(std::path::Path::parent)
+                .expect("parent")
+                .join(format!("orch-{dead}-0"))
+        })
+        .collect();
+    for d in &stale {
+        std::fs::create_dir(d).expect("stale cgroup");
+    }
+    let live = parent.path().to_path_buf();
+    assert!(cgroups.sweep_stale() >= stale.len());
+    for d in &stale {
+        assert!(!d.exists(), "{} was not swept", d.display());
+    }
+    assert!(live.exists(), "a live runner's step cgroup was swept");
+    parent.kill_and_remove().expect("remove");
+    assert!(!live.exists());
+}
