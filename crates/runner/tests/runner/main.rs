@@ -156,7 +156,8 @@ fn bwrap_usable() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// The agent wrapper joins the step's cgroup before it execs: the program
+/// The agent wrapper joins the step's cgroup (whose CPU quota is set)
+/// before it execs: the program
 /// it runs is inside from its first instruction (so is everything the
 /// program starts). Needs a runner that can create cgroups (root on cgroup
 /// v1, or a delegated v2 subtree); a failure under `ORCH_TEST_STRICT=1`.
@@ -177,9 +178,25 @@ fn the_agent_wrapper_joins_the_step_cgroup_before_it_execs() {
         .create(workers::cgroup::CgroupLimits {
             memory_bytes: 256 << 20,
             processes: 16,
-            cpu_percent: 0,
+            cpu_percent: 50,
         })
         .expect("create a step cgroup");
+    // Half a core: a 50 ms quota per 100 ms period, in whichever hierarchy.
+    let quota: Vec<String> = cg
+        .procs_files()
+        .iter()
+        .filter_map(|f| {
+            let d = f.parent()?;
+            std::fs::read_to_string(d.join("cpu.max"))
+                .or_else(|_| std::fs::read_to_string(d.join("cpu.cfs_quota_us")))
+                .ok()
+        })
+        .map(|q| q.trim().to_owned())
+        .collect();
+    assert!(
+        quota.iter().any(|q| q == "50000" || q == "50000 100000"),
+        "{quota:?}"
+    );
     let name = cg
         .path()
         .file_name()
