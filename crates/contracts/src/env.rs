@@ -93,8 +93,11 @@ env_vars! {
     SANDBOX_WRAPPER = ("", "runner, orch", "Executable that wraps every agent command instead of the built-in bubblewrap profile.");
     SANDBOX_WRAPPER_ARGS = ("", "runner", "Arguments passed to `SANDBOX_WRAPPER` before the agent command (split on whitespace).");
     SANDBOX_UID = ("65534", "runner, orch", "Unprivileged uid and gid agents run as inside the built-in sandbox; a root runner starts bubblewrap as this uid (through `setpriv`) and hands it the job's workspace and state directory. Never 0.");
-    SANDBOX_MEMORY_MB = ("16384", "runner", "Largest address space of one agent process (RLIMIT_AS), in MiB; agents' and jobs' `limits.memory_mb` can only lower it.");
-    SANDBOX_MAX_PROCESSES = ("4096", "runner", "Process limit of the sandbox uid (RLIMIT_NPROC; counts every process of that uid on the host); `limits.processes` can only lower it.");
+    SANDBOX_MEMORY_MB = ("16384", "runner", "Memory of one step, in MiB: the step's cgroup memory limit when cgroups are in use, and always the largest address space of one agent process (RLIMIT_AS, at this operator value when a cgroup holds the step); agents' and jobs' `limits.memory_mb` can only lower it.");
+    SANDBOX_MAX_PROCESSES = ("4096", "runner", "Processes of one step (the cgroup's `pids.max`) when cgroups are in use, and always the process limit of the sandbox uid (RLIMIT_NPROC, host-wide for that uid; at this operator value when a cgroup holds the step); `limits.processes` can only lower it.");
+    SANDBOX_CGROUP = ("auto", "runner", "Per-step cgroups (memory, processes, CPU for the whole step): `auto` uses them when the runner can create them (cgroup v2 with `memory`+`pids` delegated, else cgroup v1) and otherwise runs with rlimits only (logged once at start); `require` refuses to start without them; `off` never uses them.");
+    SANDBOX_CGROUP_ROOT = ("", "runner", "Cgroup path (as in `/proc/self/cgroup`, e.g. `/orch`) under which step cgroups are created, in each hierarchy; unset = the runner's own cgroup.");
+    SANDBOX_CPU_PERCENT = ("0", "runner", "CPU bandwidth of one step's cgroup, in percent of one core (`cpu.max` / `cpu.cfs_quota_us`; 150 = one and a half cores); 0 = no quota. Needs cgroups.");
     SANDBOX_CPU_SEC = ("0", "runner", "CPU seconds one agent process may use (RLIMIT_CPU); 0 = no limit. `limits.cpu_sec` can only lower it.");
     SANDBOX_TMP_MB = ("1024", "runner", "Size of the sandbox's private `/tmp` (a tmpfs in host memory), in MiB; `limits.tmp_mb` can only lower it.");
     SANDBOX_WORKSPACE_MB = ("10240", "runner", "Bytes a job's workspace may hold while an agent runs, in MiB, checked every 2 s; beyond it the step is stopped with `resource_limit`. `limits.workspace_mb` can only lower it.");

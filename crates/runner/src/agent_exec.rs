@@ -1,5 +1,9 @@
 //! The hidden agent-wrapper mode of `orch-runner`:
-//! `orch-runner __orch-agent-exec <runner-pid> <program> [args...]`.
+//! `orch-runner __orch-agent-exec [--cgroup-procs=FILE]... <runner-pid> <program> [args...]`.
+//!
+//! With `--cgroup-procs`, the wrapper first writes its own pid to each
+//! FILE: it joins the step's cgroup (`workers::cgroup`) before the exec,
+//! so the agent and everything it starts are inside from the start.
 //!
 //! The executor (`workers::exec`) starts every child through it. The
 //! wrapper asks the kernel to SIGKILL it when its parent dies
@@ -26,8 +30,25 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
 }
 
 fn exec(args: &[OsString]) -> Result<std::convert::Infallible, String> {
+    // Join the step's cgroup first: everything exec'd from here on (setpriv,
+    // bubblewrap, the agent and what it starts) is born inside it.
+    let mut args = args;
+    while let Some((first, rest)) = args.split_first() {
+        let Some(procs) = first
+            .to_str()
+            .and_then(|s| s.strip_prefix(workers::exec::AGENT_WRAPPER_CGROUP))
+        else {
+            break;
+        };
+        workers::cgroup::enter(&[procs.into()], std::process::id())
+            .map_err(|e| format!("cannot join the step's cgroup: {e}"))?;
+        args = rest;
+    }
     let [ppid, program, rest @ ..] = args else {
-        return Err("usage: __orch-agent-exec <runner-pid> <program> [args...]".into());
+        return Err(
+            "usage: __orch-agent-exec [--cgroup-procs=FILE]... <runner-pid> <program> [args...]"
+                .into(),
+        );
     };
     let ppid: i32 = ppid
         .to_str()

@@ -305,6 +305,9 @@ pub struct ExecSpec {
     pub idle_timeout: Option<Duration>,
     pub max_output_chars: usize,
     pub kill_grace: Duration,
+    /// `cgroup.procs` files the child joins before it execs the program
+    /// (a step's cgroup, [`crate::cgroup`]); empty = none.
+    pub cgroup: Vec<PathBuf>,
 }
 
 impl ExecSpec {
@@ -319,6 +322,7 @@ impl ExecSpec {
             idle_timeout: None,
             max_output_chars: 2_000_000,
             kill_grace: DEFAULT_KILL_GRACE,
+            cgroup: Vec::new(),
         }
     }
 
@@ -606,6 +610,10 @@ pub struct Running {
 /// The argument that puts `orch-runner` in agent-wrapper mode.
 pub const AGENT_WRAPPER_ARG: &str = "__orch-agent-exec";
 
+/// The wrapper's option (before the runner pid, repeatable) naming a
+/// `cgroup.procs` file it writes its own pid to before it execs.
+pub const AGENT_WRAPPER_CGROUP: &str = "--cgroup-procs=";
+
 /// Called with (working directory, pid) of every child started.
 pub type SpawnObserver = Box<dyn Fn(&Path, u32) + Send + Sync>;
 
@@ -635,9 +643,11 @@ pub fn spawn(spec: &ExecSpec) -> Result<Running, ExecError> {
                 });
             }
             let mut c = new_command(wrapper);
-            c.arg(AGENT_WRAPPER_ARG)
-                .arg(std::process::id().to_string())
-                .arg(&spec.program);
+            c.arg(AGENT_WRAPPER_ARG);
+            for procs in &spec.cgroup {
+                c.arg(format!("{AGENT_WRAPPER_CGROUP}{}", procs.display()));
+            }
+            c.arg(std::process::id().to_string()).arg(&spec.program);
             c
         }
         None => new_command(&spec.program),
@@ -668,6 +678,21 @@ pub fn spawn(spec: &ExecSpec) -> Result<Running, ExecError> {
             }
         }
     })?;
+    if !spec.cgroup.is_empty() && AGENT_WRAPPER.get().is_none() {
+        // No wrapper joined the cgroup before exec: move the child and
+        // whatever it started already (see `cgroup::adopt`).
+        let placed = match child.id() {
+            Some(pid) => crate::cgroup::adopt(&spec.cgroup, pid),
+            None => Err(io::Error::other("the child exited at once")),
+        };
+        if let Err(source) = placed {
+            let _ = child.start_kill();
+            return Err(ExecError::Spawn {
+                program: spec.program.clone(),
+                source,
+            });
+        }
+    }
     if let (Some(obs), Some(pid)) = (SPAWN_OBSERVER.get(), child.id()) {
         obs(&spec.cwd, pid);
     }

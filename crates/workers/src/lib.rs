@@ -30,6 +30,7 @@
 //! `simulated: true`.
 
 pub mod agents;
+pub mod cgroup;
 pub mod confine;
 pub mod diff;
 pub mod exec;

@@ -41,6 +41,10 @@ pub enum RealConfigError {
     Agents(#[from] AgentsConfigError),
     #[error("SANDBOX=1 but no sandbox is usable: {0}")]
     SandboxUnavailable(String),
+    #[error(
+        "SANDBOX_CGROUP=require but the runner cannot create step cgroups: {0}; hint: delegate a cgroup v2 subtree with memory and pids (SANDBOX_CGROUP_ROOT), or run the runner as root on cgroup v1"
+    )]
+    CgroupUnavailable(String),
 }
 
 /// A dotted version, compared numerically (`1.10.0 > 1.9.3`).
@@ -104,6 +108,16 @@ pub struct RealConfig {
     pub agents: Vec<AgentSpec>,
     /// Copied into each job's state directory before its first agent.
     pub state_seed_dir: Option<PathBuf>,
+    /// Where per-step cgroups are created (`SANDBOX_CGROUP`), when the
+    /// built-in sandbox is in use and the runner can create them.
+    pub cgroups: Option<crate::cgroup::Cgroups>,
+    /// Why steps get no cgroup (for the step's logs).
+    pub cgroup_problem: Option<String>,
+    /// `SANDBOX_CGROUP=require`: a step whose cgroup cannot be created
+    /// fails instead of running on rlimits only.
+    pub cgroup_required: bool,
+    /// `SANDBOX_CPU_PERCENT`.
+    pub cpu_percent: u64,
     /// `RUNNER_MAX_IDLE_SEC`: stop an agent that printed nothing for this
     /// long (status `timeout`, error code `idle_timeout`); `None` = off.
     pub max_idle: Option<Duration>,
@@ -176,6 +190,8 @@ impl RealConfig {
                 sandbox_problem.unwrap_or_default(),
             ));
         }
+        let (cgroups, cgroup_problem) = cgroups_from_env(src, sandbox.as_ref())?;
+        let cpu_percent = src.get_u64_range(&ev::SANDBOX_CPU_PERCENT, 0, 100_000)?;
         let network_allow = src.get_enum(&ev::NETWORK_POLICY, &["deny", "allow"])? == "allow";
         let mut min_versions = BTreeMap::new();
         for item in src.get_list(&ev::MIN_BINARY_VERSIONS)? {
@@ -218,6 +234,11 @@ impl RealConfig {
             agents: file.agents,
             state_seed_dir: file.state_seed_dir,
             max_idle,
+            cgroups,
+            cgroup_problem,
+            cgroup_required: src.get_enum(&ev::SANDBOX_CGROUP, &["auto", "off", "require"])?
+                == "require",
+            cpu_percent,
             versions: Mutex::new(HashMap::new()),
         })
     }
@@ -419,6 +440,61 @@ fn seed_state(seed: &Path, state_dir: &Path) -> Result<(), confine::ConfineError
     confine::write_beneath(state_dir, marker, b"", 0o600)
 }
 
+/// `SANDBOX_CGROUP` and `SANDBOX_CGROUP_ROOT`: where step cgroups go, or
+/// why there are none (logged once here, and in every step's logs).
+/// Cgroups hold the built-in profile's limits; a `SANDBOX_WRAPPER` is
+/// responsible for its own.
+fn cgroups_from_env(
+    src: &EnvSource,
+    sandbox: Option<&Sandbox>,
+) -> Result<(Option<crate::cgroup::Cgroups>, Option<String>), RealConfigError> {
+    use crate::cgroup::{Cgroups, Mode};
+    let mode = match src.get_enum(&ev::SANDBOX_CGROUP, &["auto", "off", "require"])? {
+        "off" => Mode::Off,
+        "require" => Mode::Require,
+        _ => Mode::Auto,
+    };
+    let root = src.get_str(&ev::SANDBOX_CGROUP_ROOT)?;
+    if let Some(r) = &root
+        && !r.starts_with('/')
+    {
+        return Err(ConfigError::Invalid {
+            var: ev::SANDBOX_CGROUP_ROOT.name,
+            value: format!("{r:?}"),
+            expected: "a cgroup path starting with / (as in /proc/self/cgroup)".into(),
+        }
+        .into());
+    }
+    let found = match (mode, sandbox) {
+        (Mode::Off, _) => Err("SANDBOX_CGROUP=off".to_owned()),
+        (_, Some(Sandbox::Bubblewrap { .. })) => Cgroups::detect(root.as_deref()),
+        (_, _) => Err("only the built-in sandbox profile runs steps in cgroups".to_owned()),
+    };
+    match found {
+        Ok(c) => {
+            let stale = c.sweep_stale();
+            if stale > 0 {
+                tracing::info!(
+                    removed = stale,
+                    "removed step cgroups left by runners that are gone"
+                );
+            }
+            tracing::info!(cgroups = %c.describe(), "per-step cgroups hold memory and processes");
+            Ok((Some(c), None))
+        }
+        Err(e) if mode == Mode::Require => Err(RealConfigError::CgroupUnavailable(e)),
+        Err(e) => {
+            if mode == Mode::Auto {
+                tracing::warn!(
+                    reason = %e,
+                    "no per-step cgroups: memory holds per process (RLIMIT_AS) and processes per host uid (RLIMIT_NPROC); see docs/SECURITY.md"
+                );
+            }
+            Ok((None, Some(e)))
+        }
+    }
+}
+
 /// The outcome of a step refused for what its agent planted.
 /// A host-side write into the agent's state directory failed: a planted
 /// link or file is a `sandbox_violation`, anything else a `state_dir` error.
@@ -557,6 +633,64 @@ async fn watch_workspace(
     }
 }
 
+/// A step's limits for its logs and `result.json`, with what enforces each:
+/// the cgroup for memory and processes when there is one (the rlimits then
+/// stay at the operator's values as a backstop), else the rlimits.
+fn limits_json(
+    l: &sandbox::Limits,
+    operator: Option<&sandbox::Limits>,
+    cgroup: Option<&str>,
+    cpu_percent: u64,
+) -> Value {
+    let mut v = l.to_json();
+    let by = match cgroup {
+        Some(kind) => {
+            let op = operator.copied().unwrap_or(*l);
+            v["rlimit_as_bytes"] = json!(op.address_space);
+            v["rlimit_nproc"] = json!(op.processes);
+            v["cpu_percent"] = json!(cpu_percent);
+            json!({
+                "memory": format!("{kind} (step)"),
+                "processes": format!("{kind} (step)"),
+                "cpu_percent": if cpu_percent > 0 { json!(format!("{kind} (step)")) } else { Value::Null },
+                "cpu_seconds": "RLIMIT_CPU (process)",
+                "tmp": "tmpfs size (step)",
+                "workspace": "watchdog (job workspace)",
+            })
+        }
+        None => json!({
+            "memory": "RLIMIT_AS (process)",
+            "processes": "RLIMIT_NPROC (host uid)",
+            "cpu_seconds": "RLIMIT_CPU (process)",
+            "tmp": "tmpfs size (step)",
+            "workspace": "watchdog (job workspace)",
+        }),
+    };
+    v["enforced_by"] = by;
+    v
+}
+
+/// How often the step's cgroup is checked for OOM kills.
+const OOM_WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Fires `stop` once the kernel's OOM killer killed a process of the step.
+async fn watch_oom(counters: crate::cgroup::Counters, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(OOM_WATCH_INTERVAL) => {}
+        }
+        let c = counters.clone();
+        let u = tokio::task::spawn_blocking(move || c.usage())
+            .await
+            .unwrap_or_default();
+        if u.oom_kills > 0 {
+            stop.cancel();
+            return;
+        }
+    }
+}
+
 /// Which resource limit a failed agent ran into, from its exit signal or
 /// the error messages the limits cause (ENOSPC, ENOMEM, EAGAIN on fork).
 fn resource_hit(exit: ExitKind, stderr: &str) -> Option<(&'static str, &'static str)> {
@@ -598,6 +732,145 @@ fn resource_hit(exit: ExitKind, stderr: &str) -> Option<(&'static str, &'static 
     None
 }
 
+/// What [`RealAgent::prepare`] decided: the program, the sandbox, the
+/// environment and argv, the prompt on stdin (or `None`: in a file) and
+/// the step's limits.
+struct Prepared<'c> {
+    program: PathBuf,
+    sandbox: Option<&'c Sandbox>,
+    env_extra: Vec<(String, String)>,
+    argv: Vec<String>,
+    stdin: Option<Vec<u8>>,
+    limits: Option<sandbox::Limits>,
+}
+
+/// What [`supervise`] saw: the run, the workspace size when the watchdog
+/// stopped it (0 = it did not), the cgroup's accounting.
+struct Supervised {
+    ran: Result<exec::ExecOutput, ExecError>,
+    over: u64,
+    usage: Option<crate::cgroup::Usage>,
+}
+
+/// Phase 4: runs the command under its watchdogs — the workspace size
+/// (the workspace is on the host's disk, outside every rlimit but the
+/// per-file one) and the cgroup's OOM kills — then reads the cgroup's
+/// accounting, kills whatever is left in it and removes it.
+async fn supervise(
+    exec_spec: &ExecSpec,
+    workdir: &Path,
+    limits: Option<&sandbox::Limits>,
+    cgroup: Option<crate::cgroup::StepCgroup>,
+    cancel: &CancellationToken,
+    logs: &mut String,
+) -> Supervised {
+    let stop = cancel.child_token();
+    let over = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let watchdog = limits.map(|l| {
+        tokio::spawn(watch_workspace(
+            workdir.to_path_buf(),
+            l.workspace_size,
+            stop.clone(),
+            over.clone(),
+        ))
+    });
+    // The OOM killer acts inside the step at once; the step is stopped
+    // when it did (the agent would otherwise go on, maimed).
+    let oom_watch = cgroup
+        .as_ref()
+        .map(|cg| tokio::spawn(watch_oom(cg.counters(), stop.clone())));
+    let ran = exec::run(exec_spec, stop.clone()).await;
+    if let Some(w) = oom_watch {
+        w.abort();
+    }
+    stop.cancel();
+    if let Some(w) = watchdog {
+        let _ = w.await;
+    }
+    // The kernel's accounting, then nothing of the step survives it:
+    // every process left in its cgroup is killed and the cgroup removed.
+    let usage = cgroup.as_ref().map(crate::cgroup::StepCgroup::usage);
+    if let Some(cg) = cgroup {
+        match tokio::task::spawn_blocking(move || cg.kill_and_remove()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => {
+                let _ = writeln!(logs, "[real] cgroup: killed {n} leftover process(es)");
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "step cgroup not removed");
+                let _ = writeln!(logs, "[real] cgroup: not removed: {e}");
+            }
+            Err(_) => {}
+        }
+    }
+    if let Some(u) = &usage {
+        let _ = writeln!(logs, "[real] cgroup usage: {}", u.to_json());
+    }
+    Supervised {
+        ran,
+        over: over.load(std::sync::atomic::Ordering::SeqCst),
+        usage,
+    }
+}
+
+/// Phase 5: which limit, if any, the step ran into, and why: the
+/// workspace (the watchdog's figure, or one last measurement), the
+/// cgroup's OOM kills or refused forks, or what the agent's exit and
+/// stderr say (SIGXCPU, ENOSPC, ...).
+async fn limit_outcome(
+    l: &sandbox::Limits,
+    workdir: &Path,
+    over: u64,
+    usage: Option<&crate::cgroup::Usage>,
+    out: &exec::ExecOutput,
+    cancel: &CancellationToken,
+) -> Option<(&'static str, String)> {
+    let mut used = over;
+    if used == 0 && !cancel.is_cancelled() {
+        let work = workdir.to_path_buf();
+        used = tokio::task::spawn_blocking(move || disk_usage(&work))
+            .await
+            .unwrap_or(0);
+        if used <= l.workspace_size {
+            used = 0;
+        }
+    }
+    if used > 0 {
+        return Some((
+            "workspace_size",
+            format!(
+                "the workspace grew to {used} bytes, over its limit of {} bytes",
+                l.workspace_size
+            ),
+        ));
+    }
+    // An OOM kill disrupted the step whatever its exit says; refused forks
+    // count when the agent failed.
+    if let Some(u) = usage
+        && let Some(kind) = u.hit().filter(|k| *k == "memory" || !out.exit.success())
+    {
+        return Some((
+            kind,
+            if kind == "memory" {
+                format!(
+                    "the kernel killed {} process(es) at the step's cgroup memory limit of {} bytes",
+                    u.oom_kills, l.address_space
+                )
+            } else {
+                format!(
+                    "the step's cgroup refused {} fork(s) at its limit of {} processes",
+                    u.pids_refused, l.processes
+                )
+            },
+        ));
+    }
+    if !out.exit.success() && !cancel.is_cancelled() {
+        return resource_hit(out.exit, &String::from_utf8_lossy(&out.stderr.bytes))
+            .map(|(k, why)| (k, why.to_owned()));
+    }
+    None
+}
+
 /// A real agent CLI.
 #[derive(Debug, Clone)]
 pub struct RealAgent {
@@ -610,21 +883,123 @@ impl RealAgent {
         Self { spec, cfg }
     }
 
+    /// One attempt of one step, in named phases: [`Self::prepare`] (state
+    /// directories, the command's values, limits, hand-over),
+    /// [`Self::create_cgroup`], [`Self::build_command`] (sandbox and cgroup
+    /// wrapped around the agent), [`supervise`] (run it under the watchdogs,
+    /// then clean up its cgroup), [`limit_outcome`], and [`Self::collect`]
+    /// (post-step checks, output parsing, metrics). Each phase that can end
+    /// the step returns its outcome as `Err`.
     async fn execute(&self, req: &StepRequest, cancel: CancellationToken) -> StepOutcome {
         let t0 = Instant::now();
+        let mut logs = format!(
+            "[real] agent={} role={} job={} step={} attempt={}\n",
+            self.spec.name, req.step.role, req.job_id, req.step.step_id, req.attempt
+        );
+        match self.attempt(req, &cancel, t0, &mut logs).await {
+            Ok(o) => o,
+            Err(o) => *o,
+        }
+    }
+
+    async fn attempt(
+        &self,
+        req: &StepRequest,
+        cancel: &CancellationToken,
+        t0: Instant,
+        logs: &mut String,
+    ) -> Result<StepOutcome, Box<StepOutcome>> {
+        let prepared = self.prepare(req, t0, logs)?;
+        let cgroup = self.create_cgroup(prepared.limits.as_ref(), t0, logs)?;
+        let cgroup_kind = cgroup
+            .as_ref()
+            .and(self.cfg.cgroups.as_ref())
+            .map(crate::cgroup::Cgroups::kind);
+        let operator = prepared.sandbox.and_then(Sandbox::limits);
+        let cpu_percent = self.cfg.cpu_percent;
+        let limits_json =
+            |l: &sandbox::Limits| limits_json(l, operator.as_ref(), cgroup_kind, cpu_percent);
+        let exec_spec = self.build_command(req, &prepared, cgroup.as_ref(), logs);
+        if let Some(l) = &prepared.limits {
+            let _ = writeln!(logs, "[real] limits: {}", limits_json(l));
+        }
+        let run = supervise(
+            &exec_spec,
+            &req.workdir,
+            prepared.limits.as_ref(),
+            cgroup,
+            cancel,
+            logs,
+        )
+        .await;
+        let out = match run.ran {
+            Ok(o) => o,
+            Err(e) => {
+                return Err(Box::new(failure_outcome(
+                    Status::Failed,
+                    ErrorInfo::new(e.code(), e.to_string()),
+                    logs,
+                    t0.elapsed(),
+                )));
+            }
+        };
+        if let Some(l) = &prepared.limits
+            && let Some((kind, why)) =
+                limit_outcome(l, &req.workdir, run.over, run.usage.as_ref(), &out, cancel).await
+        {
+            let _ = writeln!(logs, "[real] refused: resource limit {kind}: {why}");
+            tracing::warn!(job_id = %req.job_id, step_id = %req.step.step_id, limit = kind, "resource limit hit");
+            let mut e = ErrorInfo::new(
+                "resource_limit",
+                format!("{} was stopped: {why} (limit {kind})", self.spec.name),
+            );
+            e.details.insert("limit".into(), json!(kind));
+            e.details.insert("limits".into(), limits_json(l));
+            if let Some(u) = &run.usage {
+                e.details.insert("cgroup".into(), u.to_json());
+            }
+            let mut o = StepOutcome::failure(Status::Failed, e);
+            o.logs = format!("{logs}[real] {}\n", o.summary);
+            o.metrics = base_metrics(t0.elapsed());
+            o.metrics.insert("limits".into(), limits_json(l));
+            o.raw_stdout = Some(out.stdout.bytes);
+            o.raw_stderr = Some(out.stderr.bytes);
+            return Err(Box::new(o));
+        }
+        let mut outcome = self.collect(req, out, t0, logs)?;
+        outcome
+            .metrics
+            .insert("sandboxed".into(), json!(prepared.sandbox.is_some()));
+        if let Some(l) = &prepared.limits {
+            outcome.metrics.insert("limits".into(), limits_json(l));
+        }
+        Ok(outcome)
+    }
+
+    /// Phase 1: everything before the command exists — the git check, the
+    /// allowlisted program, the sandbox decision, the per-job state
+    /// directories (seeded, prompt file written, all confined), the
+    /// template values, the step's limits and, under a root runner, the
+    /// hand-over of the job's directories to the sandbox uid.
+    fn prepare<'c>(
+        &'c self,
+        req: &StepRequest,
+        t0: Instant,
+        logs: &mut String,
+    ) -> Result<Prepared<'c>, Box<StepOutcome>> {
         let spec = &self.spec;
         let cfg = &self.cfg;
         let step = &req.step;
-        let mut logs = format!(
-            "[real] agent={} role={} job={} step={} attempt={}\n",
-            spec.name, step.role, req.job_id, step.step_id, req.attempt
-        );
         let fail = |status: Status, code: &str, msg: String, logs: &str| {
-            failure_outcome(status, ErrorInfo::new(code, msg), logs, t0.elapsed())
+            Box::new(failure_outcome(
+                status,
+                ErrorInfo::new(code, msg),
+                logs,
+                t0.elapsed(),
+            ))
         };
-
         if spec.needs_git && !crate::workspace::is_git_workspace(&req.workdir) {
-            return fail(
+            return Err(fail(
                 cfg.non_git_status,
                 "non_git_workdir",
                 format!(
@@ -633,60 +1008,51 @@ impl RealAgent {
                     req.workdir.display(),
                     cfg.non_git_status
                 ),
-                &logs,
-            );
+                logs,
+            ));
         }
-        let program = match cfg
+        let program = cfg
             .exec
             .resolve(spec.program(), &req.policy.allowed_binaries)
-        {
-            Ok(p) => p,
-            Err(e) => return fail(Status::Failed, e.code(), e.to_string(), &logs),
-        };
+            .map_err(|e| fail(Status::Failed, e.code(), e.to_string(), logs))?;
         let sandboxed = cfg.sandboxed(req.policy.sandbox);
         let sandbox = match (sandboxed, &cfg.sandbox) {
             (false, _) => None,
             (true, Some(s)) => Some(s),
             (true, None) => {
-                return fail(
+                return Err(fail(
                     Status::Failed,
                     "sandbox_unavailable",
                     format!(
                         "the step must run sandboxed but no sandbox is usable: {}",
                         cfg.sandbox_problem.as_deref().unwrap_or("unknown reason")
                     ),
-                    &logs,
-                );
+                    logs,
+                ));
             }
         };
-        let mut env_extra = match state_env(&req.state_dir, sandboxed) {
-            Ok(e) => e,
-            Err(e) => {
-                let what = format!("cannot prepare {}", req.state_dir.display());
-                return state_dir_failure(e, &what, &logs, t0.elapsed());
-            }
-        };
+        let mut env_extra = state_env(&req.state_dir, sandboxed).map_err(|e| {
+            let what = format!("cannot prepare {}", req.state_dir.display());
+            Box::new(state_dir_failure(e, &what, logs, t0.elapsed()))
+        })?;
         if let Some(seed) = &cfg.state_seed_dir {
-            match seed_state(seed, &req.state_dir) {
-                Ok(()) => {}
-                Err(e) => {
-                    let what = format!(
-                        "cannot seed {} from {}",
-                        req.state_dir.display(),
-                        seed.display()
-                    );
-                    return state_dir_failure(e, &what, &logs, t0.elapsed());
-                }
-            }
+            seed_state(seed, &req.state_dir).map_err(|e| {
+                let what = format!(
+                    "cannot seed {} from {}",
+                    req.state_dir.display(),
+                    seed.display()
+                );
+                Box::new(state_dir_failure(e, &what, logs, t0.elapsed()))
+            })?;
         }
 
         // The step's access (contracts::access), not the role's wording.
         let read_only = step.access() == contracts::Access::Read;
-        let mut values: BTreeMap<&str, String> = BTreeMap::new();
+        let mut values: BTreeMap<&'static str, String> = BTreeMap::new();
         if let Some(m) = &spec.model {
             values.insert("model", m.clone());
         }
-        if let Some(tools) = allowed_tools(step.allowed_tools.as_deref(), read_only, &mut logs) {
+        if let Some(tools) = allowed_tools(step.allowed_tools.as_deref(), read_only, logs) {
             values.insert("allowed_tools", tools);
         }
         values.insert(
@@ -707,13 +1073,12 @@ impl RealAgent {
         if spec.prompt == PromptMode::File {
             let rel = PathBuf::from("prompts").join(format!("{}-{}.md", step.step_id, req.attempt));
             let file = req.state_dir.join(&rel);
-            match confine::write_beneath(&req.state_dir, &rel, req.prompt.as_bytes(), 0o600) {
-                Ok(()) => {}
-                Err(e) => {
+            confine::write_beneath(&req.state_dir, &rel, req.prompt.as_bytes(), 0o600).map_err(
+                |e| {
                     let what = format!("cannot write the prompt file {}", file.display());
-                    return state_dir_failure(e, &what, &logs, t0.elapsed());
-                }
-            }
+                    Box::new(state_dir_failure(e, &what, logs, t0.elapsed()))
+                },
+            )?;
             values.insert("prompt_file", file.display().to_string());
             stdin = None;
         }
@@ -727,31 +1092,110 @@ impl RealAgent {
         if let Some(uid) = sandbox.and_then(Sandbox::host_uid) {
             // A root runner starts the agent as `uid`: hand it the job's
             // workspace and state directory (never anything else).
-            if let Err(msg) = hand_over(&req.workdir, &req.state_dir, uid) {
-                return fail(Status::Failed, "sandbox_unavailable", msg, &logs);
+            hand_over(&req.workdir, &req.state_dir, uid)
+                .map_err(|msg| fail(Status::Failed, "sandbox_unavailable", msg, logs))?;
+        }
+        env_extra.sort();
+        Ok(Prepared {
+            program,
+            sandbox,
+            env_extra,
+            argv: agents::expand(&spec.argv, &values),
+            stdin,
+            limits,
+        })
+    }
+
+    /// Phase 2: the step's cgroup (memory and processes for the whole
+    /// step), when the step has limits and the runner can create cgroups.
+    /// Without one the step runs on rlimits alone (said in its logs),
+    /// unless `SANDBOX_CGROUP=require`.
+    fn create_cgroup(
+        &self,
+        limits: Option<&sandbox::Limits>,
+        t0: Instant,
+        logs: &mut String,
+    ) -> Result<Option<crate::cgroup::StepCgroup>, Box<StepOutcome>> {
+        let cfg = &self.cfg;
+        let Some(l) = limits else {
+            return Ok(None);
+        };
+        let Some(cgs) = &cfg.cgroups else {
+            let _ = writeln!(
+                logs,
+                "[real] cgroup: none ({}); memory holds per process, processes per host uid",
+                cfg.cgroup_problem.as_deref().unwrap_or("unavailable")
+            );
+            return Ok(None);
+        };
+        match cgs.create(crate::cgroup::CgroupLimits {
+            memory_bytes: l.address_space,
+            processes: l.processes,
+            cpu_percent: cfg.cpu_percent,
+        }) {
+            Ok(cg) => {
+                let _ = writeln!(
+                    logs,
+                    "[real] cgroup: {} ({})",
+                    cg.path().display(),
+                    cgs.kind()
+                );
+                Ok(Some(cg))
+            }
+            Err(e) if cfg.cgroup_required => Err(Box::new(failure_outcome(
+                Status::Failed,
+                ErrorInfo::new(
+                    "sandbox_setup",
+                    format!("cannot create the step's cgroup (SANDBOX_CGROUP=require): {e}"),
+                ),
+                logs,
+                t0.elapsed(),
+            ))),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot create a step cgroup; rlimits only");
+                let _ = writeln!(
+                    logs,
+                    "[real] cgroup: none (cannot create one: {e}); memory holds per process, processes per host uid"
+                );
+                Ok(None)
             }
         }
-        let argv = agents::expand(&spec.argv, &values);
-        env_extra.sort();
-        let mut exec_spec = ExecSpec::new(program, req.workdir.clone());
-        exec_spec.args = argv.iter().skip(1).map(Into::into).collect();
-        exec_spec.env = cfg.exec.child_env(&env_extra);
-        exec_spec.stdin = stdin;
-        exec_spec.timeout = Some(Duration::from_secs(u64::from(step.timeout_sec)));
+    }
+
+    /// Phase 3: the command — the agent's argv and cleared environment,
+    /// wrapped in the sandbox (network: the stricter of the job's and the
+    /// runner's policy) and joined to the step's cgroup.
+    fn build_command(
+        &self,
+        req: &StepRequest,
+        p: &Prepared<'_>,
+        cgroup: Option<&crate::cgroup::StepCgroup>,
+        logs: &mut String,
+    ) -> ExecSpec {
+        let cfg = &self.cfg;
+        let mut exec_spec = ExecSpec::new(p.program.clone(), req.workdir.clone());
+        exec_spec.args = p.argv.iter().skip(1).map(Into::into).collect();
+        exec_spec.env = cfg.exec.child_env(&p.env_extra);
+        exec_spec.stdin = p.stdin.clone();
+        exec_spec.timeout = Some(Duration::from_secs(u64::from(req.step.timeout_sec)));
         exec_spec.idle_timeout = cfg.max_idle;
         exec_spec.max_output_chars = cfg.exec.max_output_chars;
         exec_spec.kill_grace = cfg.exec.kill_grace;
         // The stricter of the job's and the runner's policy: a job can make
         // the sandbox stricter, never wider.
         let network = req.policy.network == NetworkPolicy::Allow && cfg.network_allow;
-        if let Some(sb) = sandbox {
+        if let Some(sb) = p.sandbox {
             let mounts = Mounts {
                 rw: vec![req.workdir.clone(), req.state_dir.clone()],
-                ro: spec.ro_paths.clone(),
+                ro: self.spec.ro_paths.clone(),
                 network,
-                limits,
+                limits: p.limits,
+                cgroup: cgroup.is_some(),
             };
             exec_spec = sb.wrap(&exec_spec, &mounts);
+            exec_spec.cgroup = cgroup
+                .map(crate::cgroup::StepCgroup::procs_files)
+                .unwrap_or_default();
             let _ = writeln!(
                 logs,
                 "[real] sandbox: {} (network {})",
@@ -764,74 +1208,20 @@ impl RealAgent {
         let _ = writeln!(logs, "[real] command: {}", exec_spec.display());
         let names: Vec<&str> = exec_spec.env.iter().map(|(k, _)| k.as_str()).collect();
         let _ = writeln!(logs, "[real] environment: {}", names.join(" "));
+        exec_spec
+    }
 
-        if let Some(l) = &limits {
-            let _ = writeln!(logs, "[real] limits: {}", l.to_json());
-        }
-        // The workspace-size watchdog: the workspace is on the host's disk,
-        // outside every rlimit but the per-file one.
-        let stop = cancel.child_token();
-        let over = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let watchdog = limits.map(|l| {
-            tokio::spawn(watch_workspace(
-                req.workdir.clone(),
-                l.workspace_size,
-                stop.clone(),
-                over.clone(),
-            ))
-        });
-        let ran = exec::run(&exec_spec, stop.clone()).await;
-        stop.cancel();
-        if let Some(w) = watchdog {
-            let _ = w.await;
-        }
-        let out = match ran {
-            Ok(o) => o,
-            Err(e) => return fail(Status::Failed, e.code(), e.to_string(), &logs),
-        };
-        if let Some(l) = &limits {
-            let mut used = over.load(std::sync::atomic::Ordering::SeqCst);
-            if used == 0 && !cancel.is_cancelled() {
-                let work = req.workdir.clone();
-                used = tokio::task::spawn_blocking(move || disk_usage(&work))
-                    .await
-                    .unwrap_or(0);
-                if used <= l.workspace_size {
-                    used = 0;
-                }
-            }
-            let hit = if used > 0 {
-                Some((
-                    "workspace_size",
-                    format!(
-                        "the workspace grew to {used} bytes, over its limit of {} bytes",
-                        l.workspace_size
-                    ),
-                ))
-            } else if !out.exit.success() && !cancel.is_cancelled() {
-                resource_hit(out.exit, &String::from_utf8_lossy(&out.stderr.bytes))
-                    .map(|(k, why)| (k, why.to_owned()))
-            } else {
-                None
-            };
-            if let Some((kind, why)) = hit {
-                let _ = writeln!(logs, "[real] refused: resource limit {kind}: {why}");
-                tracing::warn!(job_id = %req.job_id, step_id = %step.step_id, limit = kind, "resource limit hit");
-                let mut e = ErrorInfo::new(
-                    "resource_limit",
-                    format!("{} was stopped: {why} (limit {kind})", spec.name),
-                );
-                e.details.insert("limit".into(), json!(kind));
-                e.details.insert("limits".into(), l.to_json());
-                let mut o = StepOutcome::failure(Status::Failed, e);
-                o.logs = format!("{logs}[real] {}\n", o.summary);
-                o.metrics = base_metrics(t0.elapsed());
-                o.metrics.insert("limits".into(), l.to_json());
-                o.raw_stdout = Some(out.stdout.bytes);
-                o.raw_stderr = Some(out.stderr.bytes);
-                return o;
-            }
-        }
+    /// Phase 6: what the agent left and what it said — the post-step checks
+    /// (planted links, git configuration, setuid bits: `sandbox_violation`),
+    /// then its output parsed and normalised, with cost metrics.
+    fn collect(
+        &self,
+        req: &StepRequest,
+        out: exec::ExecOutput,
+        t0: Instant,
+        logs: &mut String,
+    ) -> Result<StepOutcome, Box<StepOutcome>> {
+        let spec = &self.spec;
         let _ = writeln!(
             logs,
             "[real] {} after {} ms; stdout {} bytes{}, stderr {} bytes{}",
@@ -864,11 +1254,11 @@ impl RealAgent {
             }
         }
         if !refused.is_empty() {
-            tracing::warn!(job_id = %req.job_id, step_id = %step.step_id, refused = ?refused, "sandbox violation");
-            let mut o = violation_outcome(&refused, &logs, t0.elapsed());
+            tracing::warn!(job_id = %req.job_id, step_id = %req.step.step_id, refused = ?refused, "sandbox violation");
+            let mut o = violation_outcome(&refused, logs, t0.elapsed());
             o.raw_stdout = Some(out.stdout.bytes);
             o.raw_stderr = Some(out.stderr.bytes);
-            return o;
+            return Err(Box::new(o));
         }
         let mut parsed = output::parse(spec.format, &out.stdout.for_parsing());
         if out.stdout.truncated {
@@ -930,14 +1320,10 @@ impl RealAgent {
         } else {
             metrics.insert("cost_source".into(), json!("agent"));
         }
-        metrics.insert("sandboxed".into(), json!(sandbox.is_some()));
-        if let Some(l) = &limits {
-            metrics.insert("limits".into(), l.to_json());
-        }
         outcome.metrics = metrics;
         outcome.raw_stdout = Some(out.stdout.bytes);
         outcome.raw_stderr = Some(out.stderr.bytes);
-        outcome
+        Ok(outcome)
     }
 
     fn normalise(

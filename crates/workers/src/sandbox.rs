@@ -26,7 +26,9 @@
 //! - resource limits ([`Limits`]) through util-linux `prlimit` when it is
 //!   installed (address space, processes, file size, open files, CPU
 //!   time) and the tmpfs size of `/tmp`; the runner adds a workspace-size
-//!   watchdog.
+//!   watchdog and, where it can, a per-step cgroup ([`crate::cgroup`]) that
+//!   holds memory and processes for the whole step (the address-space and
+//!   process rlimits then stay at the operator's values, as a backstop).
 //!
 //! `SANDBOX_WRAPPER` + `SANDBOX_WRAPPER_ARGS` replace the profile: the
 //! command becomes `<wrapper> <args...> <program> <program args...>`.
@@ -144,6 +146,10 @@ pub struct Mounts {
     pub network: bool,
     /// This step's limits; `None` = the profile's own.
     pub limits: Option<Limits>,
+    /// A cgroup holds the step's memory and processes: the per-process
+    /// address-space and per-uid process rlimits stay at the operator's
+    /// values (a backstop), the step's own values are the cgroup's.
+    pub cgroup: bool,
 }
 
 /// The system directories bound read-only (when they exist). `/etc` is not
@@ -256,8 +262,12 @@ impl Sandbox {
                 limits,
             } => {
                 let mut out = spec.clone();
-                let limits = mounts.limits.unwrap_or(*limits);
-                let args = bwrap_args(spec, mounts, prlimit.as_deref(), limits, *uid);
+                let mut step = mounts.limits.unwrap_or(*limits);
+                if mounts.cgroup {
+                    step.address_space = limits.address_space;
+                    step.processes = limits.processes;
+                }
+                let args = bwrap_args(spec, mounts, prlimit.as_deref(), step, *uid);
                 match setpriv {
                     // As root, bwrap would map the agent's uid to host root
                     // (it could read /etc/shadow through any bind, and leave

@@ -69,6 +69,9 @@ fn invalid_configuration_is_exit_2_naming_the_variable() {
             ("SANDBOX_CPU_SEC", "1e9"),
             ("SANDBOX_TMP_MB", "99999999999999999999"),
             ("SANDBOX_WORKSPACE_MB", "0"),
+            ("SANDBOX_CGROUP", "sometimes"),
+            ("SANDBOX_CGROUP_ROOT", "orch"),
+            ("SANDBOX_CPU_PERCENT", "-1"),
         ] {
             let out = runner(d.path())
                 .env("ENABLE_REAL_CLI", "1")
@@ -81,6 +84,20 @@ fn invalid_configuration_is_exit_2_naming_the_variable() {
             assert!(err.contains(var), "{var}={val}: {err}");
             assert!(!err.contains("panicked"), "{err}");
         }
+        // Required cgroups that cannot be created stop real mode at start.
+        let out = runner(d.path())
+            .env("ENABLE_REAL_CLI", "1")
+            .env("SANDBOX_CGROUP", "require")
+            .env("SANDBOX_CGROUP_ROOT", "/no/such/orch/cgroup")
+            .arg("--drain")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "SANDBOX_CGROUP=require was met: {err}"
+        );
+        assert!(err.contains("SANDBOX_CGROUP=require"), "{err}");
     } else {
         assert!(
             std::env::var("ORCH_TEST_STRICT").is_err(),
@@ -137,4 +154,73 @@ fn bwrap_usable() -> bool {
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// The agent wrapper joins the step's cgroup (whose CPU quota is set)
+/// before it execs: the program
+/// it runs is inside from its first instruction (so is everything the
+/// program starts). Needs a runner that can create cgroups (root on cgroup
+/// v1, or a delegated v2 subtree); a failure under `ORCH_TEST_STRICT=1`.
+#[test]
+fn the_agent_wrapper_joins_the_step_cgroup_before_it_execs() {
+    let cgroups = match workers::cgroup::Cgroups::detect(None) {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var("ORCH_TEST_STRICT").is_err(),
+                "no step cgroups here (ORCH_TEST_STRICT=1): {e}"
+            );
+            eprintln!("SKIPPED: no step cgroups: {e}");
+            return;
+        }
+    };
+    let cg = cgroups
+        .create(workers::cgroup::CgroupLimits {
+            memory_bytes: 256 << 20,
+            processes: 16,
+            cpu_percent: 50,
+        })
+        .expect("create a step cgroup");
+    // Half a core: a 50 ms quota per 100 ms period, in whichever hierarchy.
+    let quota: Vec<String> = cg
+        .procs_files()
+        .iter()
+        .filter_map(|f| {
+            let d = f.parent()?;
+            std::fs::read_to_string(d.join("cpu.max"))
+                .or_else(|_| std::fs::read_to_string(d.join("cpu.cfs_quota_us")))
+                .ok()
+        })
+        .map(|q| q.trim().to_owned())
+        .collect();
+    assert!(
+        quota.iter().any(|q| q == "50000" || q == "50000 100000"),
+        "{quota:?}"
+    );
+    let name = cg
+        .path()
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    let d = tempfile::tempdir().unwrap();
+    let mut c = runner(d.path());
+    c.arg("__orch-agent-exec");
+    for f in cg.procs_files() {
+        c.arg(format!("--cgroup-procs={}", f.display()));
+    }
+    let out = c
+        .arg(std::process::id().to_string())
+        .args(["/bin/cat", "/proc/self/cgroup"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let inside: Vec<&str> = text.lines().filter(|l| l.ends_with(&name)).collect();
+    assert_eq!(inside.len(), cg.procs_files().len(), "{text}");
+    assert_eq!(cg.kill_and_remove().expect("removed"), 0);
 }

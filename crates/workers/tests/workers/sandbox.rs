@@ -581,3 +581,186 @@ async fn a_deny_job_under_an_allow_runner_cannot_reach_a_host_listener() {
     assert_eq!(net.trim(), "REACHED", "{}", o.logs);
     drop(listener);
 }
+
+/// True when this runner can create step cgroups (root on cgroup v1, or a
+/// delegated v2 subtree); a failure under `ORCH_TEST_STRICT=1`.
+fn require_cgroups() -> bool {
+    let found = workers::cgroup::Cgroups::detect(None);
+    let why = found.as_ref().err().cloned().unwrap_or_default();
+    crate::support::runnable(found.is_ok(), &format!("no step cgroups: {why}"))
+}
+
+/// The step cgroup named in a step's logs (`[real] cgroup: <dir> (...)`).
+fn cgroup_dir(o: &StepOutcome) -> PathBuf {
+    let line = o
+        .logs
+        .lines()
+        .find_map(|l| l.strip_prefix("[real] cgroup: /"))
+        .unwrap_or_else(|| panic!("no cgroup in the logs:\n{}", o.logs));
+    PathBuf::from(format!("/{}", line.split(" (").next().unwrap_or_default()))
+}
+
+/// The same limits for both jobs: 40 processes each.
+fn forty_processes() -> Policy {
+    Policy {
+        limits: Some(ResourceLimits {
+            processes: Some(40),
+            ..ResourceLimits::default()
+        }),
+        ..Policy::default()
+    }
+}
+
+#[tokio::test]
+async fn a_fork_bomb_is_stopped_by_its_step_cgroup_while_a_concurrent_job_of_the_same_uid_runs() {
+    if !require_sandbox() || !require_cgroups() {
+        return;
+    }
+    // Job A forks until it is refused (dash gives up in the subshell, its
+    // sleeps stay), says so (a redirection, no fork),
+    // then holds its processes until the test lets it go, and fails.
+    let a = Lab::new();
+    a.agent(
+        "mkfifo wait.fifo
+(i=0; while [ $i -lt 300 ]; do sleep 600 & i=$((i+1)); done)
+: > full
+exec bash -c 'exec 3<>wait.fifo; while [ ! -e go ]; do read -t 0.2 -u 3 x; done; exit 1'",
+    );
+    let cfg_a = a.config(&[]);
+    let req_a = a.request("hostile", 1, forty_processes());
+    let job_a = tokio::spawn(async move { run(&cfg_a, &req_a).await });
+    let full = a.work().join("full");
+    let started = std::time::Instant::now();
+    for _ in 0..1200 {
+        if full.exists() || job_a.is_finished() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    if !full.exists() {
+        let o = job_a.await.expect("job A");
+        panic!(
+            "the fork bomb never reached its limit: {}\n{}",
+            o.summary, o.logs
+        );
+    }
+    let refused_after = started.elapsed();
+    // Job B, same sandbox uid and the same limit, needs a few processes.
+    let b = Lab::new();
+    b.agent("/bin/echo started > b.txt && /bin/cat b.txt > c.txt || exit 1");
+    let o_b = run(&b.config(&[]), &b.request("hostile", 1, forty_processes())).await;
+    std::fs::write(a.work().join("go"), "").expect("go");
+    let o_a = job_a.await.expect("job A");
+    assert_eq!(
+        (o_b.status, code(&o_b)),
+        (Status::Success, ""),
+        "job B could not run beside the fork bomb: {}\n{}",
+        o_b.summary,
+        o_b.logs
+    );
+    assert_eq!(
+        std::fs::read_to_string(b.work().join("c.txt")).expect("c.txt"),
+        "started\n"
+    );
+    assert_eq!(
+        code(&o_a),
+        "resource_limit",
+        "{}\n{}",
+        o_a.summary,
+        o_a.logs
+    );
+    let details = &o_a.error.as_ref().expect("error").details;
+    eprintln!(
+        "fork bomb: limit reached {} ms after the step started; cgroup {}",
+        refused_after.as_millis(),
+        details["cgroup"]
+    );
+    assert_eq!(details.get("limit"), Some(&serde_json::json!("processes")));
+    assert!(
+        details["limits"]["enforced_by"]["processes"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("cgroup")),
+        "{details:?}"
+    );
+    // Nothing of job A survives it: its cgroup (and its 600 s sleeps) are gone.
+    let dir = cgroup_dir(&o_a);
+    assert!(!dir.exists(), "{} was left behind", dir.display());
+    assert!(!cgroup_dir(&o_b).exists());
+}
+
+#[tokio::test]
+async fn a_memory_hog_spread_over_small_processes_is_stopped_by_its_step_cgroup() {
+    if !require_sandbox() || !require_cgroups() {
+        return;
+    }
+    // Eight processes of 16 MiB each: every one stays far below the 64 MiB
+    // address-space limit, together they are twice the step's memory.
+    let lab = Lab::new();
+    lab.agent(
+        "i=0; while [ $i -lt 8 ]; do /usr/bin/python3 -c \"import time; b = b'x' * (16 << 20); time.sleep(4)\" & pids=\"$pids $!\"; i=$((i+1)); done
+ok=0; for p in $pids; do wait $p || ok=1; done; exit $ok",
+    );
+    let policy = Policy {
+        limits: Some(ResourceLimits {
+            memory_mb: Some(64),
+            ..ResourceLimits::default()
+        }),
+        ..Policy::default()
+    };
+    let o = run(&lab.config(&[]), &lab.request("hostile", 1, policy)).await;
+    assert_eq!(code(&o), "resource_limit", "{}\n{}", o.summary, o.logs);
+    let details = &o.error.as_ref().expect("error").details;
+    assert_eq!(details.get("limit"), Some(&serde_json::json!("memory")));
+    assert!(
+        details["cgroup"]["oom_kills"].as_u64().unwrap_or(0) > 0,
+        "{details:?}"
+    );
+    eprintln!(
+        "memory hog: stopped after {:?} ms; cgroup {}",
+        o.metrics.get("duration_ms"),
+        details["cgroup"]
+    );
+    let dir = cgroup_dir(&o);
+    assert!(!dir.exists(), "{} was left behind", dir.display());
+}
+
+#[test]
+fn step_cgroups_of_a_runner_that_is_gone_are_swept_at_start() {
+    if !require_cgroups() {
+        return;
+    }
+    let cgroups = workers::cgroup::Cgroups::detect(None).expect("cgroups");
+    // A pid that does not exist stands for a runner killed mid-step.
+    let dead = (4_000_000u32..4_194_304)
+        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        .expect("a free pid");
+    let parent = cgroups
+        .create(workers::cgroup::CgroupLimits {
+            memory_bytes: 64 << 20,
+            processes: 8,
+            cpu_percent: 0,
+        })
+        .expect("create");
+    // Its siblings: the same parents, a dead runner's name.
+    let stale: Vec<PathBuf> = parent
+        .procs_files()
+        .iter()
+        .map(|f| {
+            f.parent()
+                .and_then(std::path::Path::parent)
+                .expect("parent")
+                .join(format!("orch-{dead}-0"))
+        })
+        .collect();
+    for d in &stale {
+        std::fs::create_dir(d).expect("stale cgroup");
+    }
+    let live = parent.path().to_path_buf();
+    assert!(cgroups.sweep_stale() >= stale.len());
+    for d in &stale {
+        assert!(!d.exists(), "{} was not swept", d.display());
+    }
+    assert!(live.exists(), "a live runner's step cgroup was swept");
+    parent.kill_and_remove().expect("remove");
+    assert!(!live.exists());
+}
