@@ -275,6 +275,7 @@ impl Deliveries {
         let bytes = serde_json::to_vec(rec).map_err(|e| {
             DurableError::new("serialize", self.path(key), io::Error::other(e.to_string()))
         })?;
+        fsqueue::fault::point("gateway.dedup.creating");
         durable::write_file_new(&self.path(key), &bytes)
     }
 
@@ -288,6 +289,7 @@ impl Deliveries {
         let bytes = serde_json::to_vec(&done).map_err(|e| {
             DurableError::new("serialize", self.path(key), io::Error::other(e.to_string()))
         })?;
+        fsqueue::fault::point("gateway.dedup.committing");
         durable::write_file(&self.path(key), &bytes)
     }
 

@@ -8,6 +8,7 @@
 // production code.
 #![allow(clippy::disallowed_methods)]
 
+mod crash;
 mod invariants;
 #[path = "../e2e/support.rs"]
 #[allow(dead_code)]
