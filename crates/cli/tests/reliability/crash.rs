@@ -511,6 +511,12 @@ pub struct Gateway {
 impl Gateway {
     /// Starts the gateway of `o` on an ephemeral loopback port.
     pub fn start(o: Orch) -> Self {
+        Self::try_start(o).unwrap_or_else(|_| panic!("gateway exited before listening"))
+    }
+
+    /// `start`, handing the installation back when the gateway exits
+    /// before it listens (a fault during start-up).
+    pub fn try_start(o: Orch) -> Result<Self, Orch> {
         let mut child = o
             .cmd("orch-gateway")
             .args(["--bind", "127.0.0.1:0"])
@@ -522,10 +528,10 @@ impl Gateway {
             .unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let addr = loop {
-            let line = lines
-                .next()
-                .expect("gateway exited before listening")
-                .unwrap();
+            let Some(Ok(line)) = lines.next() else {
+                let _ = child.wait();
+                return Err(o);
+            };
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 break rest
                     .chars()
@@ -534,7 +540,7 @@ impl Gateway {
             }
         };
         std::thread::spawn(move || lines.for_each(drop));
-        Self { o, child, addr }
+        Ok(Self { o, child, addr })
     }
 
     /// POST /webhook; `None` when the connection closed without an answer.

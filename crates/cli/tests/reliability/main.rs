@@ -10,6 +10,8 @@
 
 mod crash;
 mod invariants;
+mod iofault;
+mod power;
 #[path = "../e2e/support.rs"]
 #[allow(dead_code)]
 mod support;
