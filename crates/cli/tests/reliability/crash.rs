@@ -646,3 +646,43 @@ fn crash_sweep_runner() {
 fn crash_sweep_gateway_and_retention() {
     sweep(&[Driver::Gateway, Driver::Retention]);
 }
+
+/// The other operator moves (`orch reject`, `orch cancel` of a pending job,
+/// `orch retry`) crash at each step of their move: after the rename,
+/// after its barrier, after the transition. The job ends in exactly one
+/// terminal state, whichever side of the move the crash left it on.
+#[test]
+fn operator_moves_survive_a_crash_at_each_step() {
+    for cmd in ["reject", "cancel", "retry"] {
+        for point in [
+            "durable.move.renamed",
+            "durable.move.synced",
+            "queue.transition.moved",
+        ] {
+            let tag = format!("orch {cmd} crashing at {point}");
+            let o = Orch::new();
+            let doc = if cmd == "reject" {
+                r#"{"goal":"to refuse","policy":{"requires_approval":true}}"#
+            } else {
+                r#"{"goal":"to move"}"#
+            };
+            let id = o.submit(doc);
+            if cmd == "retry" {
+                let out = o.orch(&["cancel", &id], None);
+                assert!(out.status.success(), "{tag}: set-up cancel");
+            }
+            let o = crash_env(o, point, 1);
+            let out = o.orch(&[cmd, &id], None);
+            assert!(killed(&out.status), "{tag}: did not crash: {out:?}");
+            let o = o.env(CRASH_VAR, "");
+            restart(&o, &tag);
+            if o.names("awaiting_approval").len() == 1 {
+                let out = o.orch(&[cmd, &id], None);
+                assert!(out.status.success(), "{tag}: {cmd} again");
+            }
+            o.drain("after-move");
+            let acked: BTreeSet<String> = [id.clone()].into();
+            check(&o, &acked, &tag);
+        }
+    }
+}
