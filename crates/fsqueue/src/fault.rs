@@ -127,8 +127,8 @@ fn faults() -> &'static Faults {
     })
 }
 
-/// `POINT[:N]` (N defaults to 1; an unknown point is ignored, with a
-/// warning from the test build's `point` never matching it).
+/// `POINT[:N]` (N defaults to 1). An unknown point, or N = 0, is reported
+/// on stderr and ignored.
 fn parse_point(v: &str) -> Option<(String, u64)> {
     let (name, n) = match v.split_once(':') {
         Some((name, n)) => (name, n.trim().parse().ok()?),
