@@ -138,6 +138,8 @@ env_vars! {
     ORCH_FAULT_BARRIER_DELAY_MS = ("", "all (debug builds only)", "Test seam, ignored by release builds: every durable barrier sleeps this many milliseconds first (a disk made slow by other work).");
     ORCH_FAULT_FSYNC_FAIL = ("", "all (debug builds only)", "Test seam, ignored by release builds: `N:ERRNO` makes the Nth durable barrier of the process fail with that errno (e.g. `3:5` for EIO).");
     ORCH_FAULT_RENAME_FAIL = ("", "all (debug builds only)", "Test seam, ignored by release builds: `N:ERRNO` makes the Nth publishing rename of the process fail with that errno (e.g. `2:28` for ENOSPC).");
+    ORCH_FAULT_CRASH_AT = ("", "all (debug builds only)", "Test seam, ignored by release builds: `POINT[:N]` makes the process kill itself (SIGKILL) the Nth time (default 1) it reaches the named crash point (the list is `fsqueue::fault::POINTS`, e.g. `durable.move.renamed:2`).");
+    ORCH_FAULT_RECORD = ("", "all (debug builds only)", "Test seam, ignored by release builds: a file to which every process appends each durable-layer operation (temp file written, fsync, syncfs, rename, unlink, mkdir) in order, for the power-loss simulator.");
 }
 
 /// Looks a variable up by name.

@@ -250,7 +250,10 @@ impl Claimer {
                 Err(e) => return Err(DurableError::new("touch", &from, e).into()),
             }
             match std::fs::rename(&from, &to) {
-                Ok(()) => {}
+                Ok(()) => {
+                    crate::fault::record(crate::fault::Op::Rename(&from, &to));
+                    crate::fault::point("queue.claim.renamed");
+                }
                 // Someone else claimed it (or an operator moved it).
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(DurableError::new("claim", &from, e).into()),
@@ -259,6 +262,7 @@ impl Claimer {
                 &self.queue.dir(State::Running),
                 &self.queue.dir(State::Pending),
             ])?;
+            crate::fault::point("queue.claim.synced");
             let loc = Located {
                 state: State::Running,
                 entry: claimed,

@@ -224,8 +224,16 @@ pub(crate) fn sync_files_and_dirs(
     crate::fault::barrier()?;
     match sync_mode() {
         SyncMode::File => {
-            files.iter().try_for_each(|(_, f)| f.sync_all())?;
-            dirs.iter().try_for_each(|d| File::open(d)?.sync_all())
+            files.iter().try_for_each(|(_, f)| {
+                f.sync_all()?;
+                crate::fault::record_fsync(f);
+                Ok::<_, io::Error>(())
+            })?;
+            dirs.iter().try_for_each(|d| {
+                File::open(d)?.sync_all()?;
+                crate::fault::record(crate::fault::Op::FsyncDir(d));
+                Ok(())
+            })
         }
         SyncMode::Filesystem => {
             // One barrier per distinct filesystem (usually one).
@@ -246,7 +254,9 @@ pub(crate) fn sync_files_and_dirs(
                 }
             }
             groups.iter().for_each(|g| g.barrier());
-            mark.check()
+            mark.check()?;
+            crate::fault::record(crate::fault::Op::Syncfs);
+            Ok(())
         }
     }
 }

@@ -75,7 +75,9 @@ impl Queue {
         if !is_valid_what(what) {
             return Err(QueueError::BadJobId(format!("request {what:?}")));
         }
-        Ok(durable::write_file(&self.request_path(loc, what), b"")?)
+        durable::write_file(&self.request_path(loc, what), b"")?;
+        crate::fault::point("queue.control.requested");
+        Ok(())
     }
 
     /// Whether a control request exists for the claim `loc` (and consumes it

@@ -20,6 +20,7 @@
 //! `FSYNC_MODE=file` makes them one `fsync` per file and directory.
 
 use crate::commit::{self, Mark};
+use crate::fault::{self, Op, point};
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -205,7 +206,11 @@ pub fn write_file_mode(path: &Path, data: &[u8], mode: u32) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         return Err(DurableError::new("rename", path, e));
     }
-    sync_names(&[parent_of(path)], mark)
+    fault::record(Op::Rename(&tmp, path));
+    point("durable.write.renamed");
+    sync_names(&[parent_of(path)], mark)?;
+    point("durable.write.names_synced");
+    Ok(())
 }
 
 /// Publishes `data` at `path` atomically (temp file + rename) but without
@@ -218,7 +223,9 @@ pub fn write_file_advisory(path: &Path, data: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         DurableError::new("rename", path, e)
-    })
+    })?;
+    fault::record(Op::Rename(&tmp, path));
+    Ok(())
 }
 
 /// Durably publishes `data` at `path` only if nothing exists there yet.
@@ -273,11 +280,14 @@ pub fn write_files_new_after(
         let at = files.first().map_or(Path::new("."), |(p, _)| parent_of(p));
         return Err(DurableError::new("fsync", at, e));
     }
+    point("durable.new.data_synced");
     let mut results = Vec::with_capacity(files.len());
     let mut dirs: Vec<&Path> = Vec::new();
     for (t, (path, _)) in temps.drain(..).zip(files) {
         let res = t.and_then(|(tmp, _)| match rename_noreplace_raw(&tmp, path) {
             Ok(()) => {
+                fault::record(Op::Rename(&tmp, path));
+                point("durable.new.renamed_one");
                 let dir = parent_of(path);
                 if !dirs.contains(&dir) {
                     dirs.push(dir);
@@ -297,6 +307,7 @@ pub fn write_files_new_after(
     }
     if !dirs.is_empty() {
         sync_names(&dirs, mark)?;
+        point("durable.new.names_synced");
     }
     Ok(results)
 }
@@ -410,19 +421,22 @@ impl<'a> Txn<'a> {
             .collect();
         commit::sync_files(&with_data, self.mark)
             .map_err(|e| DurableError::new("fsync", parent_of(&self.staged[0].1), e))?;
+        point("durable.txn.data_synced");
         let holds = Holds::take(self.staged.iter().map(|s| s.1.as_path()));
         let mut dirs: Vec<PathBuf> = Vec::new();
         for i in 0..self.staged.len() {
             let temp = self.staged[i].3.take().map(|(tmp, _)| tmp);
             let (phase, ref path, place, _) = self.staged[i];
             let res = holds.rename(|| match (&temp, place) {
-                (Some(tmp), Place::Replace) => std::fs::rename(tmp, path),
+                (Some(tmp), Place::Replace) => {
+                    std::fs::rename(tmp, path).inspect(|()| fault::record(Op::Rename(tmp, path)))
+                }
                 (Some(tmp), Place::IfAbsent) => match rename_noreplace_raw(tmp, path) {
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                         let _ = std::fs::remove_file(tmp);
                         Ok(())
                     }
-                    r => r,
+                    r => r.inspect(|()| fault::record(Op::Rename(tmp, path))),
                 },
                 (None, Place::IfAbsent) => place_empty_new(path, self.empty_src).map(drop),
                 (None, Place::Replace) => replace_with_empty(path, self.empty_src),
@@ -433,6 +447,7 @@ impl<'a> Txn<'a> {
                 }
                 return Err(DurableError::new("rename", path, e));
             }
+            point("durable.txn.renamed_one");
             let dir = parent_of(path);
             if !dirs.iter().any(|d| d == dir) {
                 dirs.push(dir.to_path_buf());
@@ -441,6 +456,7 @@ impl<'a> Txn<'a> {
             if last_of_phase {
                 let refs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
                 sync_names(&refs, self.mark)?;
+                point("durable.txn.phase_synced");
                 dirs.clear();
             }
         }
@@ -464,6 +480,7 @@ fn place_empty_new(path: &Path, empty_src: Option<&Path>) -> io::Result<bool> {
         match std::fs::hard_link(src, path) {
             Ok(()) => {
                 if is_empty_file(path) {
+                    fault::record(Op::Create(path));
                     return Ok(true);
                 }
                 // The source gained content since it was chosen: undo.
@@ -481,6 +498,7 @@ fn place_empty_new(path: &Path, empty_src: Option<&Path>) -> io::Result<bool> {
         .open(path)
     {
         Ok(f) => {
+            fault::record(Op::Create(path));
             f.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
             Ok(true)
         }
@@ -498,9 +516,11 @@ fn replace_with_empty(path: &Path, empty_src: Option<&Path>) -> io::Result<()> {
     let name = path.file_name().unwrap_or_default();
     let tmp = parent_of(path).join(tmp_name(name));
     place_empty_new(&tmp, empty_src)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+    std::fs::rename(&tmp, path)
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+        .inspect(|()| fault::record(Op::Rename(&tmp, path)))
 }
 
 /// A regular file (not a symlink) of length zero.
@@ -537,12 +557,14 @@ fn write_temp(path: &Path, data: &[u8], mode: u32) -> Result<(PathBuf, File)> {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
+    fault::record(Op::Write(&tmp, data));
     Ok((tmp, f))
 }
 
 /// `write_temp` followed by its data barrier (skipped for empty files).
 fn write_synced_temp(path: &Path, data: &[u8], mode: u32, mark: Mark) -> Result<PathBuf> {
     let (tmp, f) = write_temp(path, data, mode)?;
+    point("durable.write.temp_written");
     if !data.is_empty()
         && let Err(e) = commit::sync_files(&[(parent_of(path), &f)], mark)
     {
@@ -550,6 +572,7 @@ fn write_synced_temp(path: &Path, data: &[u8], mode: u32, mark: Mark) -> Result<
         let _ = std::fs::remove_file(&tmp);
         return Err(DurableError::new("fsync", &tmp, e));
     }
+    point("durable.write.data_synced");
     Ok(tmp)
 }
 
@@ -611,7 +634,11 @@ pub fn move_noreplace(from: &Path, to: &Path) -> Result<()> {
     crate::fault::rename()
         .and_then(|()| rename_noreplace_raw(from, to))
         .map_err(|e| DurableError::new("rename", from, e))?;
-    sync_move_dirs(from, to, mark)
+    fault::record(Op::Rename(from, to));
+    point("durable.move.renamed");
+    sync_move_dirs(from, to, mark)?;
+    point("durable.move.synced");
+    Ok(())
 }
 
 /// Durably moves `from` to `to`, replacing `to` if present.
@@ -620,7 +647,11 @@ pub fn move_replace(from: &Path, to: &Path) -> Result<()> {
     crate::fault::rename()
         .and_then(|()| std::fs::rename(from, to))
         .map_err(|e| DurableError::new("rename", from, e))?;
-    sync_move_dirs(from, to, mark)
+    fault::record(Op::Rename(from, to));
+    point("durable.move.renamed");
+    sync_move_dirs(from, to, mark)?;
+    point("durable.move.synced");
+    Ok(())
 }
 
 fn sync_move_dirs(from: &Path, to: &Path, mark: Mark) -> Result<()> {
@@ -638,7 +669,11 @@ pub fn remove_file(path: &Path) -> Result<()> {
     let mark = Mark::now();
     let removed = Holds::take([path]).rename(|| std::fs::remove_file(path));
     match removed {
-        Ok(()) => sync_parent(path, mark),
+        Ok(()) => {
+            fault::record(Op::Unlink(path));
+            point("durable.remove.unlinked");
+            sync_parent(path, mark)
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(DurableError::new("remove", path, e)),
     }
@@ -660,6 +695,7 @@ pub fn create_dir_all(dir: &Path) -> Result<()> {
     match std::fs::DirBuilder::new().mode(DIR_MODE).create(dir) {
         Ok(()) => {
             use std::os::unix::fs::PermissionsExt;
+            fault::record(Op::Mkdir(dir));
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
                 .map_err(|e| DurableError::new("chmod", dir, e))?;
             sync_parent(dir, mark)
@@ -679,6 +715,7 @@ pub fn create_subdirs(parent: &Path, names: &[&str]) -> Result<()> {
         let dir = parent.join(name);
         match std::fs::DirBuilder::new().mode(DIR_MODE).create(&dir) {
             Ok(()) => {
+                fault::record(Op::Mkdir(&dir));
                 std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(DIR_MODE))
                     .map_err(|e| DurableError::new("chmod", &dir, e))?;
                 created = true;

@@ -139,7 +139,9 @@ impl RunnerLock {
     /// but without a barrier, so it never waits for the disk (a crash may
     /// leave an older heartbeat, which only says less).
     pub fn write_heartbeat(&self, doc: &[u8]) -> Result<()> {
-        Ok(durable::write_file_advisory(&self.heartbeat_path, doc)?)
+        durable::write_file_advisory(&self.heartbeat_path, doc)?;
+        crate::fault::point("runner.heartbeat.written");
+        Ok(())
     }
 
     /// Removes the heartbeat document (clean shutdown).
@@ -244,7 +246,10 @@ pub fn renew_interval(lease: Duration) -> Duration {
 /// gone (the job was reaped or moved): the caller must stop working on it.
 pub fn renew(loc: &Located) -> Result<()> {
     match touch(&loc.path) {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            crate::fault::point("queue.renew.touched");
+            Ok(())
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Err(QueueError::LeaseLost {
             path: loc.path.clone(),
         }),
@@ -360,6 +365,7 @@ impl Reaper {
     }
 
     fn reap_one(&self, loc: &Located, reason: String) -> Result<Option<ReapOutcome>> {
+        crate::fault::point("queue.reap.found");
         let mut entry: Entry = loc.entry.unowned();
         entry.reaps = entry.reaps.saturating_add(1);
         let poisoned = entry.reaps > self.max_reclaims;
@@ -370,6 +376,7 @@ impl Reaper {
         };
         match self.queue.move_to(loc, to_state, &entry) {
             Ok(to) => {
+                crate::fault::point("queue.reap.moved");
                 let job_id = to.entry.job_id.clone();
                 if poisoned {
                     let reason = format!(

@@ -179,9 +179,12 @@ impl Queue {
             prio,
             state,
         };
-        self.enqueue_many(&[job])
+        let res = self
+            .enqueue_many_with(&[job], false)
             .pop()
-            .unwrap_or_else(|| Err(QueueError::BadJobId(job_id.chars().take(80).collect())))
+            .unwrap_or_else(|| Err(QueueError::BadJobId(job_id.chars().take(80).collect())));
+        crate::fault::point("queue.enqueue.published");
+        res
     }
 
     /// `enqueue` for several jobs at the cost of one data barrier and one
@@ -189,7 +192,9 @@ impl Queue {
     /// One result per job, in order; each job is durable exactly when its
     /// result is `Ok`.
     pub fn enqueue_many(&self, jobs: &[NewJob<'_>]) -> Vec<Result<Located>> {
-        self.enqueue_many_with(jobs, false)
+        let res = self.enqueue_many_with(jobs, false);
+        crate::fault::point("queue.enqueue_many.published");
+        res
     }
 
     /// `enqueue` of a job whose id the caller has proven its own (a
@@ -229,6 +234,7 @@ impl Queue {
                 out[i] = Some(Err(e));
                 continue;
             }
+            crate::fault::point("queue.enqueue.reserved");
             // Written as a temp file inside the state directory and renamed
             // into place (no-replace): watchers ignore temp names, so they
             // only ever see a complete file appear.
@@ -485,7 +491,9 @@ impl Queue {
         {
             tracing::warn!(job_id, error = %e, "could not refresh the job file's time");
         }
-        self.move_to(&loc, to, &entry)
+        let moved = self.move_to(&loc, to, &entry)?;
+        crate::fault::point("queue.transition.moved");
+        Ok(moved)
     }
 
     /// Moves an unreadable or invalid job file to `corrupt/` with a reason

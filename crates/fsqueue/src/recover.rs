@@ -43,6 +43,7 @@ pub fn recover(
     queue: &Queue,
     validate: &dyn Fn(&[u8]) -> std::result::Result<(), String>,
 ) -> Result<RecoveryReport> {
+    crate::fault::point("queue.recover.begun");
     let mut report = RecoveryReport::default();
     let now = SystemTime::now();
 

@@ -394,6 +394,7 @@ impl Deliveries {
             .and_then(Path::parent)
             .into_iter()
             .collect();
+        fsqueue::fault::point("gateway.dedup.creating");
         let placed = durable::write_file_new_after(&self.path(key), &bytes, &index);
         if made_entry && !matches!(placed, Ok(true)) {
             // Lost the claim (or failed): the entry is ours to drop unless
@@ -429,6 +430,7 @@ impl Deliveries {
         let bytes = serde_json::to_vec(&done).map_err(|e| {
             DurableError::new("serialize", self.path(key), io::Error::other(e.to_string()))
         })?;
+        fsqueue::fault::point("gateway.dedup.committing");
         durable::write_file(&self.path(key), &bytes)?;
         self.drop_index_entry(&rec.owner, key);
         Ok(())

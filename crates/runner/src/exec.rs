@@ -599,6 +599,7 @@ impl JobRun {
         self.check_lease()?;
         let st = self.state().clone();
         self.arts.begin_step_with_state(step, base + 1, Some(&st))?;
+        fsqueue::fault::point("runner.step.begun");
         Ok(base)
     }
 
@@ -934,6 +935,7 @@ impl JobRun {
             },
             Some((&st, context)),
         )?;
+        fsqueue::fault::point("runner.step.published");
         Ok(result)
     }
 
@@ -1065,12 +1067,14 @@ impl JobRun {
         let st = self.state().clone();
         self.arts
             .finish_job_with_state(&self.job, &result, Some(&st))?;
+        fsqueue::fault::point("runner.job.final_artifacts");
         let to = if status == Status::Success {
             State::Done
         } else {
             State::Failed
         };
         self.move_with_callback(to, &result)?;
+        fsqueue::fault::point("runner.job.moved");
         record_job_metrics(status, &result);
         tracing::info!(job_id = %self.job.job_id, status = %status, summary = %result.summary, "job finished");
         Ok(JobEnd::Finished(status))

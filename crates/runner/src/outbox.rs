@@ -157,6 +157,7 @@ impl Outbox {
         };
         let path = self.dir.join(format!("{}~{attempt}.json", result.job_id));
         fsqueue::durable::write_file(&path, &serde_json::to_vec(&e)?)?;
+        fsqueue::fault::point("runner.callback.staged");
         lock(&self.mine).insert(path.clone());
         Ok(path)
     }
@@ -300,6 +301,7 @@ impl Outbox {
             e.body.as_bytes(),
         )
         .await;
+        fsqueue::fault::point("runner.callback.delivered");
         let (record, settled, delivered, error) = match out {
             callback::Posted::Delivered(code) => (
                 json!({"attempt": n, "at": at, "http_status": code}),
@@ -423,6 +425,7 @@ impl Outbox {
         if let Err(err) = fsqueue::durable::write_file(&dir.join(callback::CALLBACK_JSON), &bytes) {
             tracing::warn!(job_id = %e.job_id, error = %err, "cannot record the callback outcome");
         }
+        fsqueue::fault::point("runner.callback.settled");
     }
 }
 

@@ -106,6 +106,7 @@ impl Retention {
                     );
                 }
                 if age > self.artifacts_ttl && loc.path.exists() {
+                    fsqueue::fault::point("scheduler.retention.removing");
                     let res = self.store.delete_job(&id);
                     tally(
                         res.map_err(|e| e.to_string()),
@@ -114,6 +115,7 @@ impl Retention {
                     );
                 }
                 if age > forget_after {
+                    fsqueue::fault::point("scheduler.retention.forgetting");
                     let res = fsqueue::durable::remove_file(&loc.path).map(|()| {
                         if let Err(e) = self.queue.forget_id(id.as_str()) {
                             tracing::warn!(job_id = %id, error = %e, "retention: cannot release the job id");

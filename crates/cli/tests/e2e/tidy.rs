@@ -102,6 +102,10 @@ const NOT_ORCH_KNOBS: &[&str] = &[
     "ORCH_STORM_DELIVERIES",
     "ORCH_FENCE_TRIALS",
     "ORCH_FENCE_SEED",
+    "ORCH_CRASH_ROUNDS",
+    "ORCH_CRASH_SEED",
+    "ORCH_POWER_SEEDS",
+    "ORCH_POWER_SEED",
     // Read by the deploy scripts (deploy/stack.sh, deploy/test-compose.sh,
     // deploy/docker/build-images.sh), documented in docs/DEPLOYMENT.md.
     "COMPOSE_TEST_TIMEOUT",

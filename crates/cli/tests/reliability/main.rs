@@ -8,7 +8,10 @@
 // production code.
 #![allow(clippy::disallowed_methods)]
 
+mod crash;
 mod invariants;
+mod iofault;
+mod power;
 #[path = "../e2e/support.rs"]
 #[allow(dead_code)]
 mod support;
