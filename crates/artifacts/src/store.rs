@@ -478,6 +478,11 @@ impl JobArtifacts {
             self.check_job_id(STATE_JSON, &st.job_id, "job_id")?;
             let st = self.json_bytes(&[STATE_JSON], st)?;
             let cx = self.json_bytes(&[CONTEXT_JSON], cx)?;
+            // A state that says the step finished implies its result is on
+            // disk: a later phase again (a resumed job skips the steps its
+            // state calls finished, so the state must never get there
+            // first, whatever order the file system keeps renames in).
+            txn.then();
             self.stage(
                 &mut txn,
                 &[],

@@ -897,6 +897,11 @@ impl JobRun {
         let sid = step.step_id.to_string();
         let status = result.status;
         let summary = result.summary.clone();
+        // What the step looked like before: put back when the publish
+        // fails, so a job given back is not saved with a finished step
+        // whose result never reached the disk (the next attempt would skip
+        // it).
+        let before = (self.state().steps.get(&sid).cloned(), context.clone());
         self.state().steps.insert(
             sid.clone(),
             StepState {
@@ -921,20 +926,32 @@ impl JobRun {
         });
         apply_strategy(context);
         context.updated_at = now_rfc3339();
-        self.check_lease()?;
-        let st = self.state().clone();
-        self.arts.publish_step_with(
-            &step.step_id,
-            &StepOutput {
-                report_md: out.report_md,
-                patch_diff: out.patch,
-                logs_txt: out.logs,
-                result: result.clone(),
-                raw_stdout: out.raw_stdout,
-                raw_stderr: out.raw_stderr,
-            },
-            Some((&st, context)),
-        )?;
+        let published = self.check_lease().and_then(|()| {
+            let st = self.state().clone();
+            self.arts
+                .publish_step_with(
+                    &step.step_id,
+                    &StepOutput {
+                        report_md: out.report_md,
+                        patch_diff: out.patch,
+                        logs_txt: out.logs,
+                        result: result.clone(),
+                        raw_stdout: out.raw_stdout,
+                        raw_stderr: out.raw_stderr,
+                    },
+                    Some((&st, context)),
+                )
+                .map_err(AttemptError::from)
+        });
+        if let Err(e) = published {
+            let (step_before, context_before) = before;
+            match step_before {
+                Some(b) => self.state().steps.insert(sid, b),
+                None => self.state().steps.remove(&sid),
+            };
+            *context = context_before;
+            return Err(e);
+        }
         fsqueue::fault::point("runner.step.published");
         Ok(result)
     }

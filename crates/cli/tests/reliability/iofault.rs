@@ -144,15 +144,13 @@ fn a_runner_survives_a_failing_barrier_and_runs_the_next_jobs() {
     ]);
 }
 
-/// Known defect (U6): the 30th rename of this run is the unlink of a
-/// stale `raw_stderr.txt` just before a step's publish. The publish fails
-/// (ENOSPC), the runner gives the job back — and the state it saves on the
-/// way out already says the step succeeded (the in-memory step state is
-/// set to its final status before the publish), so the resumed run skips
-/// the step: the job ends `success` with that step's `result.json` still
-/// `running` and its report empty. Ignored until the runner fix lands.
+/// The 30th rename of this run is the unlink of a stale `raw_stderr.txt`
+/// just before a step's publish. The publish fails (ENOSPC) and the runner
+/// gives the job back; the state it saves on the way out must not say the
+/// step finished (it did, in memory, before the publish: the resumed run
+/// then skipped the step, and the job ended `success` with that step's
+/// `result.json` still `running`).
 #[test]
-#[ignore = "known defect: a failed step publish is saved as a succeeded step (runner exec)"]
 fn a_failed_step_publish_is_not_saved_as_a_succeeded_step() {
     runner_fault_cases(&[("ORCH_FAULT_RENAME_FAIL", format!("30:{ENOSPC}"))]);
 }

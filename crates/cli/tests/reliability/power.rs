@@ -428,18 +428,14 @@ fn acknowledged_jobs_survive_power_loss_with_per_file_fsync() {
     simulate("file", Loss::Ordered);
 }
 
-/// Known gap (U6) under strict POSIX loss: a step's `result.json` (in
-/// `steps/<id>/`) and the job's `state.json` (in the job directory) are
-/// renamed in the same phase of one publish, before one name barrier for
-/// both directories. When the power fails in between and only the
-/// `state.json` rename reached the disk, the resumed run takes the step as
-/// done and the job ends with that step's `result.json` still `running`.
-/// Journaling filesystems keep the renames in order, so only this model
-/// finds it. Publishing `state.json` in a later phase of the same
-/// transaction (`txn.then()` before it in `Store::publish_step_with`)
-/// closes it: 400 states per mode of this model then pass.
+/// Strict POSIX loss: any unsynced rename may be lost independently of the
+/// others (no journal keeping them in order). This found that a step's
+/// `result.json` (in `steps/<id>/`) and the job's `state.json` were renamed
+/// in the same phase of one publish: when only the `state.json` rename
+/// reached the disk, the resumed run took the step as done and the job
+/// ended with that step's `result.json` still `running`. `state.json` is
+/// now published in a later phase of the same transaction.
 #[test]
-#[ignore = "known gap: step result.json and state.json share a publish phase (strict POSIX loss)"]
 fn acknowledged_jobs_survive_power_loss_with_independent_entry_loss() {
     simulate("syncfs", Loss::Independent);
     simulate("file", Loss::Independent);
