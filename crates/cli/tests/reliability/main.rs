@@ -9,6 +9,9 @@
 #![allow(clippy::disallowed_methods)]
 
 mod invariants;
+mod scale;
+mod skew;
+mod storm;
 #[path = "../e2e/support.rs"]
 #[allow(dead_code)]
 mod support;

@@ -1,0 +1,1 @@
+//! Scale (issue 13, item 6).
