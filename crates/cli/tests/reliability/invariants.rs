@@ -254,11 +254,17 @@ pub fn check_after_kills(
 ) -> (Report, usize) {
     let mut r = check(queue, artifacts, expect);
     let before = r.violations.len();
+    // A temp file is reported under U4 (in a state or artifact directory)
+    // or U3 (in `corrupt/`, where it has no `.reason`: it is an unfinished
+    // quarantine write, not a quarantined file).
     r.violations.retain(|v| {
-        let Some(rest) = v.strip_prefix("U4: temp file") else {
+        let name = if let Some(rest) = v.strip_prefix("U4: temp file") {
+            rest.rsplit('/').next().unwrap_or_default()
+        } else if let Some(rest) = v.strip_prefix("U3: corrupt/") {
+            rest.strip_suffix(" has no .reason").unwrap_or_default()
+        } else {
             return true;
         };
-        let name = rest.rsplit('/').next().unwrap_or_default();
         !temp_writer_pid(name).is_some_and(|p| killed.contains(&p))
     });
     let debris = before - r.violations.len();

@@ -231,12 +231,13 @@ fn sigkill_storm_every_job_ends_once_and_re_executions_stay_within_kills() {
     }
     let wall = t0.elapsed();
     stop_all(&mut runners);
-    check_all(&o, &ids, &killed, "sigkill storm");
     let re = re_executions(&o);
     eprintln!(
-        "sigkill storm: {n_jobs} jobs, {n_runners} runners, {kills} kills, {re} re-executions, {:.1} s",
-        wall.as_secs_f64()
+        "sigkill storm: {n_jobs} jobs, {n_runners} runners, {kills} kills, {re} re-executions, {:.1} s, {} quarantined",
+        wall.as_secs_f64(),
+        std::fs::read_dir(o.queue().join("corrupt")).map_or(0, |d| d.count())
     );
+    check_all(&o, &ids, &killed, "sigkill storm");
     assert!(kills > 0, "the storm killed nothing");
     assert!(re <= kills, "{re} re-executions > {kills} kills");
 }
