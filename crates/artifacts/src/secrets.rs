@@ -339,21 +339,34 @@ pub fn scan_bytes(text: &[u8]) -> Vec<Finding> {
         if !wanted[*i] {
             continue;
         }
-        for caps in re.captures_iter(text) {
+        // Not `captures_iter`: a candidate that is refused (low entropy,
+        // an allowed value) must not swallow the text after its start, or
+        // `password=AAAAAAAApassword = <secret>` would hide the secret
+        // behind the refused first value. The search goes on from the
+        // refused candidate's value (matches are at most a few hundred
+        // bytes long, so this stays linear in the text).
+        let mut at = 0;
+        while at <= text.len() {
+            let Some(caps) = re.captures_at(text, at) else {
+                break;
+            };
+            let whole = caps.get(0).expect("group 0 always matches");
             let Some(m) = caps.get(rule.group) else {
+                at = whole.end().max(at + 1);
                 continue;
             };
             let value = m.as_bytes();
-            if shannon_entropy(value) < rule.entropy || allowed_value(value) {
-                continue;
-            }
-            if rule.generic {
-                let name = caps.get(1).map_or(&[][..], |n| n.as_bytes());
-                if !allowed_generic(name, value) {
-                    found.push((m.start(), m.end(), rule));
-                }
-            } else {
+            let accepted = shannon_entropy(value) >= rule.entropy
+                && !allowed_value(value)
+                && (!rule.generic || {
+                    let name = caps.get(1).map_or(&[][..], |n| n.as_bytes());
+                    !allowed_generic(name, value)
+                });
+            if accepted {
                 found.push((m.start(), m.end(), rule));
+                at = whole.end().max(at + 1);
+            } else {
+                at = m.start().max(whole.start() + 1);
             }
         }
     }

@@ -5,6 +5,7 @@
 mod budget;
 mod control;
 mod secrets;
+mod secrets_props;
 mod support;
 
 use artifacts::{ArtifactError, ArtifactStore, StepOutput, layout};

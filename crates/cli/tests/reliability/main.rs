@@ -12,6 +12,9 @@ mod crash;
 mod invariants;
 mod iofault;
 mod power;
+mod scale;
+mod skew;
+mod storm;
 #[path = "../e2e/support.rs"]
 #[allow(dead_code)]
 mod support;

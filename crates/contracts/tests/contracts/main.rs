@@ -9,6 +9,7 @@ mod env;
 mod files;
 mod normalize;
 mod parse;
+mod props;
 mod schema_agreement;
 mod support;
 mod validate;

@@ -19,7 +19,7 @@ fn is_cross_field(message: &str) -> bool {
 }
 
 /// `None` when both agree, else a description of the disagreement.
-fn disagreement(doc: &Value) -> Option<String> {
+pub fn disagreement(doc: &Value) -> Option<String> {
     let schema_ok = schema_accepts(SchemaKind::Job, doc);
     let rust = validate_job(doc, AGENTS);
     let rust_violations: Vec<String> = match &rust {

@@ -3,6 +3,7 @@
 //! by the runner's tests, which start the real binaries.
 
 mod lookup;
+mod name_props;
 
 use fsqueue::lease::{self, Liveness};
 use fsqueue::recover::recover;

@@ -10,6 +10,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod hostile;
+mod promtext_props;
 mod recovery;
 mod storm;
 mod support;
