@@ -90,7 +90,7 @@ pub fn recover(ctx: &Ctx, as_json: bool) -> Result<u8, CliError> {
         control::record_reaped(&queue, &store, o);
     }
     // What dead processes left: their runners' files, requests of ended
-    // claims, old temp files.
+    // claims, old temp files, quarantine reasons whose file never arrived.
     let paths = contracts::config::Paths::resolve(&ctx.env)?;
     let dead_runners = fsqueue::tidy::prune_dead_runners(&queue, Some(&paths.metrics_dir), lease);
     let requests_removed = queue.prune_requests();
@@ -102,6 +102,8 @@ pub fn recover(ctx: &Ctx, as_json: bool) -> Result<u8, CliError> {
         ],
         fsqueue::recover::STALE_TEMP_AGE,
     );
+    let reasons_removed =
+        fsqueue::tidy::remove_orphan_reasons(&queue, fsqueue::recover::STALE_TEMP_AGE);
     let reaped_doc: Vec<_> = reaped
         .iter()
         .map(|o| match o {
@@ -118,6 +120,7 @@ pub fn recover(ctx: &Ctx, as_json: bool) -> Result<u8, CliError> {
         "temp_removed": report.temp_removed + temps_removed,
         "dead_runners_removed": dead_runners,
         "requests_removed": requests_removed,
+        "orphan_reasons_removed": reasons_removed,
         "skipped_live": report.skipped_live,
         "quarantined": report.quarantined.iter().map(|(p, r)| json!({"file": p.display().to_string(), "reason": r})).collect::<Vec<_>>(),
         "reaped": reaped_doc,

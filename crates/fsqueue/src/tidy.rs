@@ -9,7 +9,11 @@
 //!   runner leaves `/health` and `/metrics`. A heartbeat or metrics file with
 //!   no lock file at all is removed once it is older than [`ORPHAN_AGE`];
 //! * **orphan temp files** (`.orch-tmp-*`, left by a crash mid-write) older
-//!   than [`crate::recover::STALE_TEMP_AGE`] anywhere under the given roots.
+//!   than [`crate::recover::STALE_TEMP_AGE`] anywhere under the given roots;
+//! * **orphan quarantine reasons**: `corrupt/<name>.reason` whose `<name>`
+//!   never arrived (a process killed between writing the reason and moving
+//!   the file, or a quarantine that found the file gone), older than the
+//!   same age.
 //!
 //! Nothing here follows a symlink.
 
@@ -146,6 +150,25 @@ pub fn remove_orphan_temps(roots: &[(&Path, usize)], max_age: Duration) -> usize
             }
         });
     }
+    n
+}
+
+/// Removes `corrupt/*.reason` files older than `max_age` whose quarantined
+/// file is not beside them (see the module comment). Returns how many.
+pub fn remove_orphan_reasons(queue: &Queue, max_age: Duration) -> usize {
+    let dir = queue.internal_dir(crate::queue::CORRUPT_DIR);
+    let now = SystemTime::now();
+    let mut n = 0;
+    walk(&dir, 1, &mut |path, name| {
+        if let Some(quarantined) = name.strip_suffix(".reason")
+            && !quarantined.is_empty()
+            && std::fs::symlink_metadata(dir.join(quarantined)).is_err()
+            && age(path, now).is_some_and(|a| a >= max_age)
+            && durable::remove_file(path).is_ok()
+        {
+            n += 1;
+        }
+    });
     n
 }
 

@@ -5,7 +5,9 @@
 //! * operator requests that can no longer be obeyed (their claim ended;
 //!   `fsqueue::control`);
 //! * orphan temp files (`.orch-tmp-*`) older than ten minutes under the
-//!   queue, the artifacts tree and the metrics directory.
+//!   queue, the artifacts tree and the metrics directory;
+//! * quarantine reasons in `corrupt/` whose file never arrived, older than
+//!   ten minutes.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,6 +26,7 @@ pub struct Tidied {
     pub dead_runners: Vec<String>,
     pub requests: usize,
     pub temps: usize,
+    pub reasons: usize,
 }
 
 impl Housekeeping {
@@ -41,10 +44,13 @@ impl Housekeeping {
             ],
             fsqueue::recover::STALE_TEMP_AGE,
         );
+        let reasons =
+            fsqueue::tidy::remove_orphan_reasons(&self.queue, fsqueue::recover::STALE_TEMP_AGE);
         Tidied {
             dead_runners,
             requests,
             temps,
+            reasons,
         }
     }
 }

@@ -202,6 +202,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
                     dead_runners = ?t.dead_runners,
                     requests = t.requests,
                     temp_files = t.temps,
+                    orphan_reasons = t.reasons,
                     "housekeeping"
                 ),
                 Ok(_) => {}

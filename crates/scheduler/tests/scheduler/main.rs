@@ -271,11 +271,25 @@ fn housekeeping_removes_dead_runners_stale_requests_and_orphan_temps() {
     }
     let fresh = root.join("q/done/.orch-tmp-1-8-fresh");
     std::fs::write(&fresh, b"in progress").unwrap();
+    // Quarantine reasons: one whose file never arrived (old: goes), one
+    // beside its file (stays), one just written (a quarantine in progress:
+    // stays).
+    let corrupt = root.join("q/corrupt");
+    let orphan_reason = corrupt.join("11-x.json.reason");
+    let kept_reason = corrupt.join("12-y.json.reason");
+    let young_reason = corrupt.join("13-z.json.reason");
+    for r in [&orphan_reason, &kept_reason, &young_reason] {
+        std::fs::write(r, b"bad\n").unwrap();
+    }
+    std::fs::write(corrupt.join("12-y.json"), b"{").unwrap();
+    set_age(&orphan_reason, hour);
+    set_age(&kept_reason, hour);
     let gone = |p: &std::path::Path| !p.exists();
     sweep_until(root, "dead runners' files and old temps to go", || {
         gone(&runners.join("dead-1.lock"))
             && gone(&runners.join("owner-1.lock"))
             && old_temps.iter().all(|t| gone(t))
+            && gone(&orphan_reason)
             && std::fs::read_dir(root.join("q/control")).unwrap().count() == 0
     });
     for f in ["dead-1.json", "owner-1.json"] {
@@ -294,4 +308,5 @@ fn housekeeping_removes_dead_runners_stale_requests_and_orphan_temps() {
     assert!(runners.join("live-1.json").exists());
     assert!(metrics.join("runner-live-1.prom").exists());
     assert!(fresh.exists());
+    assert!(kept_reason.exists() && young_reason.exists());
 }
