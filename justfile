@@ -9,6 +9,10 @@ dev:
 test:
     cargo test --workspace
 
+# The long forms of the reliability scenarios (hours; docs/RELIABILITY.md).
+reliability-long *what:
+    bench/reliability-long.sh {{what}}
+
 # Exactly the lint CI runs.
 lint:
     cargo fmt --all -- --check

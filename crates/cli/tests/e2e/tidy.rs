@@ -106,6 +106,22 @@ const NOT_ORCH_KNOBS: &[&str] = &[
     "ORCH_CRASH_SEED",
     "ORCH_POWER_SEEDS",
     "ORCH_POWER_SEED",
+    "ORCH_STORM_RUNNERS",
+    "ORCH_STORM_JOBS",
+    "ORCH_STORM_KILL_MS",
+    "ORCH_STORM_LIMIT_SEC",
+    "ORCH_STORM_SEED",
+    "ORCH_STOP_RUNNERS",
+    "ORCH_STOP_JOBS",
+    "ORCH_STOP_SEED",
+    "ORCH_SCALE_JOBS",
+    // Read by the test tools (proptest, libfaketime).
+    "PROPTEST_CASES",
+    "FAKE_UTIME",
+    // Kernel, NFS and code identifiers named in docs/RELIABILITY.md.
+    "UTIME_NOW",
+    "SET_TO_SERVER_TIME",
+    "STALE_TEMP_AGE",
     // Read by the deploy scripts (deploy/stack.sh, deploy/test-compose.sh,
     // deploy/docker/build-images.sh), documented in docs/DEPLOYMENT.md.
     "COMPOSE_TEST_TIMEOUT",
