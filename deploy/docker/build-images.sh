@@ -72,10 +72,19 @@ if ! docker image inspect "$debian_tag" >/dev/null 2>&1; then
     [ "$(id -u)" = 0 ] || die "debootstrap needs root to build the root filesystem once"
     say "debootstrap $suite (minbase + $packages) from $mirror"
     t0=$SECONDS
-    rootfs="$cache/rootfs-$key.tmp"
+    rootfs="$(cd "$cache" && pwd)/rootfs-$key.tmp"
+    # debootstrap mounts /proc (and more) inside the tree and does not
+    # always unmount it (a package's process still inside at the end): a
+    # mount left there would be archived and, worse, emptied by rm -rf.
+    unmount_under() {
+      awk -v r="$1" '$2 == r || index($2, r "/") == 1 { print $2 }' /proc/mounts |
+        sort -r | while read -r m; do umount -l "$m" || die "cannot unmount $m"; done
+    }
+    unmount_under "$rootfs"
     rm -rf "$rootfs"
     debootstrap --variant=minbase --include="$packages" "$suite" "$rootfs" "$mirror" \
-      >"$cache/debootstrap.log" 2>&1 || { tail -20 "$cache/debootstrap.log" >&2; die "debootstrap failed (log: $cache/debootstrap.log)"; }
+      >"$cache/debootstrap.log" 2>&1 || { unmount_under "$rootfs"; tail -20 "$cache/debootstrap.log" >&2; die "debootstrap failed (log: $cache/debootstrap.log)"; }
+    unmount_under "$rootfs"
     # What a container never uses: package caches and lists (apt-get update
     # brings the lists back), documentation, man pages, translations.
     rm -rf "$rootfs"/var/cache/apt/* "$rootfs"/var/lib/apt/lists/* \
@@ -84,7 +93,7 @@ if ! docker image inspect "$debian_tag" >/dev/null 2>&1; then
     # Keep docs and man pages out of later apt-get installs too.
     printf 'path-exclude /usr/share/doc/*\npath-exclude /usr/share/man/*\npath-exclude /usr/share/info/*\npath-exclude /usr/share/locale/*\n' \
       >"$rootfs/etc/dpkg/dpkg.cfg.d/01-orch-nodoc"
-    tar --numeric-owner -C "$rootfs" -cf "$tarball.tmp" .
+    tar --numeric-owner --one-file-system -C "$rootfs" -cf "$tarball.tmp" .
     mv "$tarball.tmp" "$tarball"
     rm -rf "$rootfs"
     say "root filesystem built in $((SECONDS - t0))s"

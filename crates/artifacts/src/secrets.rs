@@ -424,20 +424,97 @@ pub fn redact_bytes(text: &[u8], findings: &[Finding]) -> Vec<u8> {
 /// Scans and redacts in one go: the redacted text and what was found (with
 /// positions in the *original* text).
 pub fn scan_and_redact(text: &str) -> (String, Vec<Finding>) {
-    let findings = scan(text);
+    let (out, findings) = scan_and_redact_bytes(text.as_bytes());
     if findings.is_empty() {
         return (text.to_owned(), findings);
     }
-    (redact(text, &findings), findings)
+    // Every rule matches ASCII only, so cuts fall on character boundaries.
+    let out = String::from_utf8(out)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+    (out, findings)
 }
 
+/// Most passes [`scan_and_redact_bytes`] makes before it gives up looking
+/// for what a redaction exposed.
+const MAX_REDACTION_PASSES: usize = 8;
+
 /// [`scan_and_redact`] for bytes.
+///
+/// Redaction is repeated until a scan of the result finds nothing: a
+/// marker can complete a match that its neighbours alone did not make (a
+/// token glued to `name=<secret>` ends at `=` only once the secret is a
+/// `[REDACTED:…]`). Findings of later passes are reported in the original
+/// text's positions, spanning every original byte they were made of.
 pub fn scan_and_redact_bytes(text: &[u8]) -> (Vec<u8>, Vec<Finding>) {
-    let findings = scan_bytes(text);
+    let mut findings = scan_bytes(text);
     if findings.is_empty() {
         return (text.to_vec(), findings);
     }
-    (redact_bytes(text, &findings), findings)
+    let mut current = redact_bytes(text, &findings);
+    // Origin of each byte of `current` in `text`, built only when a later
+    // pass finds something.
+    let mut origin: Option<Vec<(usize, usize)>> = None;
+    let mut prev_findings = findings.clone();
+    for _ in 1..MAX_REDACTION_PASSES {
+        let more = scan_bytes(&current);
+        if more.is_empty() {
+            break;
+        }
+        let o = origin.get_or_insert_with(|| origins(current.len(), &prev_findings, None));
+        for f in &more {
+            let (lo, hi) = o[f.start..f.end]
+                .iter()
+                .fold((usize::MAX, 0), |(lo, hi), &(a, b)| (lo.min(a), hi.max(b)));
+            let (line, column) = line_col(text, lo);
+            findings.push(Finding {
+                rule_id: f.rule_id,
+                line,
+                column,
+                start: lo,
+                end: hi,
+            });
+        }
+        let next = redact_bytes(&current, &more);
+        origin = Some(origins(next.len(), &more, origin.as_deref()));
+        prev_findings = more;
+        current = next;
+    }
+    findings.sort_by_key(|f| (f.start, f.end));
+    (current, findings)
+}
+
+/// Where each byte of a redacted text came from in the original: `prev`
+/// gives the origin of each byte of the text that was redacted (`None`:
+/// that text was the original), `findings` are the ranges replaced by
+/// markers (each marker byte comes from its whole range).
+fn origins(
+    out_len: usize,
+    findings: &[Finding],
+    prev: Option<&[(usize, usize)]>,
+) -> Vec<(usize, usize)> {
+    let at = |i: usize| prev.map_or((i, i + 1), |p| p[i]);
+    let mut sorted: Vec<&Finding> = findings.iter().collect();
+    sorted.sort_by_key(|f| f.start);
+    let mut out = Vec::with_capacity(out_len);
+    let mut pos = 0;
+    let in_len = prev.map_or(usize::MAX, <[_]>::len);
+    for f in sorted {
+        if f.start < pos || f.start >= f.end || f.end > in_len {
+            continue;
+        }
+        out.extend((pos..f.start).map(at));
+        let span = (f.start..f.end)
+            .map(at)
+            .fold((usize::MAX, 0), |(lo, hi), (a, b)| (lo.min(a), hi.max(b)));
+        let marker = format!("[REDACTED:{}]", f.rule_id).len();
+        out.extend(std::iter::repeat_n(span, marker));
+        pos = f.end;
+    }
+    while out.len() < out_len {
+        out.push(at(pos));
+        pos += 1;
+    }
+    out
 }
 
 /// Replaces every occurrence of the values of `vars` (name, value) that are

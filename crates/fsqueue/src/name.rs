@@ -41,6 +41,10 @@ pub struct Entry {
 /// Largest `not_before` accepted in a name (12 digits: year 33658).
 const MAX_NOT_BEFORE: u64 = 999_999_999_999;
 
+/// Largest attempt or reap count in a name (9 digits, what `parse`
+/// reads); counts stop there rather than make a name nobody can parse.
+const MAX_COUNT: u32 = 999_999_999;
+
 pub const DEFAULT_PRIO: u8 = 5;
 
 impl Entry {
@@ -62,7 +66,12 @@ impl Entry {
     }
 
     pub fn file_name(&self) -> String {
-        let mut name = format!("{}~{}.{}", self.key(), self.attempt, self.reaps);
+        let mut name = format!(
+            "{}~{}.{}",
+            self.key(),
+            self.attempt.min(MAX_COUNT),
+            self.reaps.min(MAX_COUNT)
+        );
         if let Some(t) = self.not_before {
             name.push_str(&format!("+{}", t.min(MAX_NOT_BEFORE)));
         }
@@ -77,7 +86,7 @@ impl Entry {
     /// The same entry, claimed by `runner`: attempt + 1.
     pub fn claimed_by(&self, runner: &str) -> Self {
         Self {
-            attempt: self.attempt.saturating_add(1),
+            attempt: self.attempt.saturating_add(1).min(MAX_COUNT),
             runner: Some(runner.to_owned()),
             not_before: None,
             ..self.clone()
@@ -263,6 +272,12 @@ mod tests {
         // Huge values are clamped, never a name that fails to parse.
         let far = e.deferred_until(u64::MAX);
         assert_eq!(Entry::parse(&far.file_name()), Some(far));
+        let mut last = Entry::new(5, 1, "job-aaaaaaaa");
+        last.attempt = 999_999_999;
+        let again = last.claimed_by("r3");
+        assert_eq!(Entry::parse(&again.file_name()), Some(again));
+        last.reaps = u32::MAX;
+        assert!(Entry::parse(&last.file_name()).is_some());
     }
 
     #[test]

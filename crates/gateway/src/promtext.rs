@@ -74,6 +74,24 @@ impl Families {
         self.map.entry(name.to_owned()).or_default()
     }
 
+    /// The family a sample outside its `# TYPE` block belongs to: its own
+    /// name when that family exists, else a known family it is a part of
+    /// (`x_bucket` of histogram `x`), else a new one of its own name. So a
+    /// family's samples from several texts always render together.
+    fn family_of(&self, name: &str) -> String {
+        if self.map.contains_key(name) {
+            return name.to_owned();
+        }
+        for suffix in ["_bucket", "_sum", "_count", "_total", "_created"] {
+            if let Some(base) = name.strip_suffix(suffix)
+                && self.map.contains_key(base)
+            {
+                return base.to_owned();
+            }
+        }
+        name.to_owned()
+    }
+
     /// Adds one exposition text. With `process`, each sample gets that
     /// label (unless it already has one). Malformed lines are dropped.
     pub fn add(&mut self, text: &str, process: Option<&str>) {
@@ -108,6 +126,13 @@ impl Families {
             if !valid_name(name) || !has_numeric_value(line, name_end) {
                 continue;
             }
+            if line[name_end..].starts_with('{')
+                && close_brace(line, name_end)
+                    .and_then(|c| label_names(&line[name_end + 1..c]))
+                    .is_none()
+            {
+                continue;
+            }
             let sample = match process {
                 None => line.to_owned(),
                 Some(p) => match with_label(line, name_end, p) {
@@ -117,7 +142,7 @@ impl Families {
             };
             let fam_name = match &current {
                 Some(c) if belongs(name, c) => c.clone(),
-                _ => name.to_owned(),
+                _ => self.family_of(name),
             };
             self.family(&fam_name).samples.push(sample);
         }
@@ -171,10 +196,7 @@ fn with_label(line: &str, name_end: usize, process: &str) -> Option<String> {
         let close = close_brace(line, name_end)?;
         let labels = &line[name_end + 1..close];
         let rest = &line[close + 1..];
-        if labels
-            .split(',')
-            .any(|l| l.trim_start().starts_with("process="))
-        {
+        if label_names(labels)?.contains(&"process") {
             return Some(line.to_owned());
         }
         let sep = if labels.trim().is_empty() { "" } else { "," };
@@ -182,6 +204,44 @@ fn with_label(line: &str, name_end: usize, process: &str) -> Option<String> {
     } else {
         Some(format!("{name}{{{label}}}{}", &line[name_end..]))
     }
+}
+
+/// The label names of a label set (`a="x",b="y"`, a trailing comma
+/// allowed), or `None` when it is not well formed.
+fn label_names(labels: &str) -> Option<Vec<&str>> {
+    let mut names = Vec::new();
+    let mut rest = labels.trim_start();
+    while !rest.is_empty() {
+        let eq = rest.find('=')?;
+        let name = rest[..eq].trim();
+        if !valid_name(name) || name.contains(':') {
+            return None;
+        }
+        let after = rest[eq + 1..].trim_start();
+        let body = after.strip_prefix('"')?;
+        // The closing quote, minding escapes.
+        let mut esc = false;
+        let mut end = None;
+        for (i, c) in body.char_indices() {
+            match (esc, c) {
+                (true, _) => esc = false,
+                (false, '\\') => esc = true,
+                (false, '"') => {
+                    end = Some(i);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        names.push(name);
+        rest = body[end? + 1..].trim_start();
+        match rest.strip_prefix(',') {
+            Some(r) => rest = r.trim_start(),
+            None if rest.is_empty() => {}
+            None => return None,
+        }
+    }
+    Some(names)
 }
 
 /// Escapes a label value per the exposition format.
@@ -222,6 +282,35 @@ mod tests {
             .unwrap();
         let b = out.find("# TYPE orch_step_seconds").unwrap();
         assert!(b < a);
+    }
+
+    #[test]
+    fn a_familys_samples_from_several_texts_stay_together() {
+        // The second text has no # TYPE: its a_bucket still joins `a`.
+        let mut f = Families::new();
+        f.add("# TYPE a histogram\na_bucket{le=\"1\"} 1\n", Some("p"));
+        f.add("b 1\na_bucket{le=\"1\"} 2\n", Some("q"));
+        let out = f.render();
+        assert_eq!(
+            out,
+            "# TYPE a histogram\na_bucket{process=\"p\",le=\"1\"} 1\na_bucket{process=\"q\",le=\"1\"} 2\nb{process=\"q\"} 1\n"
+        );
+        let mut again = Families::new();
+        again.add(&out, None);
+        assert_eq!(again.render(), out);
+    }
+
+    #[test]
+    fn malformed_label_sets_are_dropped() {
+        let mut f = Families::new();
+        f.add(
+            "a{process=x=\"1\"} 2\nb{x=\"1\" y=\"2\"} 1\nc{=\"1\"} 1\nd{x=\"1\",} 1\n",
+            Some("p"),
+        );
+        assert_eq!(f.render(), "d{process=\"p\",x=\"1\",} 1\n");
+        let mut f = Families::new();
+        f.add("e{process=\"own\",x=\"a\\\"b\"} 1\n", Some("p"));
+        assert_eq!(f.render(), "e{process=\"own\",x=\"a\\\"b\"} 1\n");
     }
 
     #[test]
