@@ -45,7 +45,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// The schema this code writes. Each entry of [`MIGRATIONS`] moves the
+/// The schema this code writes. Each entry of `MIGRATIONS` moves the
 /// database one version up; `PRAGMA user_version` records where it is.
 pub const SCHEMA_VERSION: u32 = 1;
 

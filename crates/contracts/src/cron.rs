@@ -335,7 +335,7 @@ impl CronExpr {
     }
 
     /// The earliest matching civil minute at or after `from` (rounded up to
-    /// a whole minute), within [`SEARCH_YEARS`].
+    /// a whole minute), within `SEARCH_YEARS`.
     pub fn next_civil(&self, from: DateTime) -> Option<DateTime> {
         let from = if from.second() != 0 || from.subsec_nanosecond() != 0 {
             floor_minute(from).checked_add(1.minute()).ok()?
@@ -383,7 +383,7 @@ impl CronExpr {
     }
 
     /// The latest matching civil minute at or before `from`, within
-    /// [`SEARCH_YEARS`].
+    /// `SEARCH_YEARS`.
     pub fn prev_civil(&self, from: DateTime) -> Option<DateTime> {
         let from = floor_minute(from);
         let first_year = from.year().saturating_sub(SEARCH_YEARS).max(-9999);

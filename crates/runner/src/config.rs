@@ -18,6 +18,8 @@ use std::time::Duration;
 #[command(name = "orch-runner", version, about, long_about = None)]
 pub struct Args {
     /// Runner id, used in claim names and heartbeats [default: <host>-<pid>-<random>]
+    // The text is --help's; rustdoc would read <host> as an HTML tag.
+    #[allow(rustdoc::invalid_html_tags)]
     #[arg(long = "id", value_name = "NAME")]
     pub id: Option<String>,
     /// Jobs run at once by this process [env: RUNNER_CONCURRENCY, default 2]

@@ -125,7 +125,7 @@ pub enum Sandbox {
         /// the step's logs, when it is not).
         prlimit: Option<PathBuf>,
         /// `setpriv`: a root runner starts bubblewrap through it as
-        /// [`Bubblewrap::uid`], so nothing in the sandbox maps to host root.
+        /// `uid` (below), so nothing in the sandbox maps to host root.
         setpriv: Option<PathBuf>,
         /// The unprivileged uid (and gid) agents run as (`SANDBOX_UID`).
         uid: u32,
