@@ -88,11 +88,16 @@ impl StatusCache {
 
 fn take_snapshot(app: &App) -> Snapshot {
     let cfg = &app.cfg;
+    // pending/ is read once for its depth and its oldest due job.
+    let pending = pending_scan(&app.queue);
     let depths: Vec<(State, Option<usize>)> = State::ALL
         .iter()
-        .map(|&s| (s, app.queue.depth(s).ok()))
+        .map(|&s| match s {
+            State::Pending => (s, pending.map(|p| p.0)),
+            _ => (s, app.queue.depth(s).ok()),
+        })
         .collect();
-    let oldest_pending_age = oldest_pending_age(&app.queue);
+    let oldest_pending_age = pending.and_then(|p| p.1);
     let runners_raw = fsqueue::lease::runners(&app.queue);
     // A write probe that goes through the real durable path (fsyncs
     // included): a read-only or broken filesystem shows here.
@@ -294,24 +299,32 @@ pub async fn metrics(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
     ))
 }
 
-/// How long the oldest due job in `pending/` has waited, from the enqueue
-/// time in its file name (names only: no file is opened). Jobs deferred to
-/// a later time are not waiting for a runner and do not count; a job given
-/// back after a reap counts from its first enqueue.
-fn oldest_pending_age(queue: &fsqueue::Queue) -> Option<f64> {
+/// `pending/` in one pass over its names (no file is opened): how many
+/// jobs, and how long the oldest *due* one has waited, from the enqueue
+/// time in its name. Jobs deferred to a later time are not waiting for a
+/// runner and do not count for the age; a job given back after a reap
+/// counts from its first enqueue.
+fn pending_scan(queue: &fsqueue::Queue) -> Option<(usize, Option<f64>)> {
     let rd = std::fs::read_dir(queue.dir(State::Pending)).ok()?;
+    let now_unix = fsqueue::clock::now_unix();
+    let (mut n, mut oldest) = (0usize, None::<u64>);
+    for e in rd.flatten() {
+        let Some(entry) = e.file_name().to_str().and_then(fsqueue::Entry::parse) else {
+            continue;
+        };
+        n += 1;
+        if entry.is_due(now_unix) {
+            oldest = Some(oldest.map_or(entry.seq, |o| o.min(entry.seq)));
+        }
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .ok()?;
-    let now_unix = fsqueue::clock::now_unix();
-    let oldest = rd
-        .flatten()
-        .filter_map(|e| fsqueue::Entry::parse(e.file_name().to_str()?))
-        .filter(|e| e.is_due(now_unix))
-        .map(|e| e.seq)
-        .min()?;
-    let enq = std::time::Duration::from_nanos(oldest);
-    Some(now.saturating_sub(enq).as_secs_f64())
+    let age = oldest.map(|seq| {
+        now.saturating_sub(std::time::Duration::from_nanos(seq))
+            .as_secs_f64()
+    });
+    Some((n, age))
 }
 
 fn render_metrics(app: &App, s: &Snapshot) -> String {

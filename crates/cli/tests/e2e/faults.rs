@@ -302,10 +302,6 @@ fn heartbeat(o: &Orch, id: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
-fn signal(child: &std::process::Child, sig: nix::sys::signal::Signal) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
-}
-
 /// Every job ends `success` once the fault is gone, none ever in failed/.
 fn assert_all_succeed(o: &Orch, ids: &[String]) {
     wait_for("every job to finish", Duration::from_secs(120), || {

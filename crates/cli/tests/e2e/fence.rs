@@ -8,48 +8,8 @@
 use crate::pipeline::{no_sandbox, procs_in, real_orch, step, submit};
 use crate::support::*;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
-
-fn signal(child: &Child, sig: nix::sys::signal::Signal) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
-}
-
-/// Every file below `dir`: relative path → (inode, bytes). A replaced
-/// file shows as a new inode even when its content is the same.
-fn tree(dir: &Path) -> BTreeMap<String, (u64, Vec<u8>)> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, (u64, Vec<u8>)>) {
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            // A stale writer's own temporary files (never part of a job's
-            // artifacts; scanners skip them) may vanish when it gives up.
-            if e.file_name()
-                .to_string_lossy()
-                .starts_with(fsqueue::durable::TMP_PREFIX)
-            {
-                continue;
-            }
-            let Ok(m) = std::fs::symlink_metadata(&p) else {
-                continue;
-            };
-            if m.is_dir() {
-                walk(root, &p, out);
-            } else {
-                let rel = p.strip_prefix(root).unwrap().display().to_string();
-                out.insert(rel, (m.ino(), std::fs::read(&p).unwrap_or_default()));
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
-}
 
 fn settled(o: &Orch) -> bool {
     o.names("running").is_empty() && o.names("pending").is_empty()
@@ -124,7 +84,12 @@ fn paused_owner_trial(pause_ms: u64) {
     }
     let arts = o.artifacts().join(&id);
     let work = o.root().join("workspaces").join(&id).join("work");
-    let before = (tree(&arts), tree(&work), o.names("done"), o.names("failed"));
+    let before = (
+        file_tree(&arts),
+        file_tree(&work),
+        o.names("done"),
+        o.names("failed"),
+    );
     // Resume the stale owner and let it run out: SIGTERM makes it finish
     // (or abandon) whatever it held before it exits.
     if !resumed {
@@ -133,7 +98,12 @@ fn paused_owner_trial(pause_ms: u64) {
     sigterm(&paused);
     let st = paused.wait().unwrap();
     assert!(st.success(), "paused runner exit: {st:?}");
-    let after = (tree(&arts), tree(&work), o.names("done"), o.names("failed"));
+    let after = (
+        file_tree(&arts),
+        file_tree(&work),
+        o.names("done"),
+        o.names("failed"),
+    );
     let changed: Vec<&String> = after
         .0
         .iter()
@@ -193,16 +163,7 @@ fn a_paused_owner_never_writes_after_another_runner_finished_its_job() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
-    let seed: u64 = std::env::var("ORCH_FENCE_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
+    let seed = seed_from_env("ORCH_FENCE_SEED") | 1;
     eprintln!("paused-owner trials: {trials}, ORCH_FENCE_SEED={seed}");
     let mut rng = Rng(seed);
     for t in 0..trials {

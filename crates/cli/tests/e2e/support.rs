@@ -231,3 +231,45 @@ pub fn bwrap_works() -> bool {
         .status()
         .is_ok_and(|s| s.success())
 }
+
+/// Sends `sig` to `child` (a child that already exited is no error).
+pub fn signal(child: &Child, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig);
+}
+
+/// Every file below `dir`: relative path → (inode, bytes). A replaced
+/// file shows as a new inode even when its content is the same. Temp files
+/// (never part of a job's artifacts; a stale writer's may vanish when it
+/// gives up) are left out.
+pub fn file_tree(dir: &Path) -> std::collections::BTreeMap<String, (u64, Vec<u8>)> {
+    use std::os::unix::fs::MetadataExt;
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_entry(|e| {
+            !e.file_name()
+                .to_string_lossy()
+                .starts_with(fsqueue::durable::TMP_PREFIX)
+        })
+        .flatten()
+        .filter(|e| !e.file_type().is_dir())
+        .filter_map(|e| {
+            let m = e.path().symlink_metadata().ok()?;
+            let rel = e.path().strip_prefix(dir).ok()?.display().to_string();
+            Some((rel, (m.ino(), std::fs::read(e.path()).unwrap_or_default())))
+        })
+        .collect()
+}
+
+/// A random seed from `var`, or from the clock when it is unset (tests
+/// print it so a run can be replayed).
+pub fn seed_from_env(var: &str) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
+}

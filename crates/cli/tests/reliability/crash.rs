@@ -103,49 +103,17 @@ impl Rng {
     }
 }
 
-pub fn seed_from_env(var: &str) -> u64 {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        })
-}
-
-/// Every job id found in any queue state.
-pub fn all_ids(o: &Orch) -> BTreeSet<String> {
-    let mut ids = BTreeSet::new();
-    for st in invariants::STATES {
-        for n in o.names(st) {
-            if let Some(e) = fsqueue::Entry::parse(&n) {
-                ids.insert(e.job_id);
-            }
-        }
-    }
-    ids
-}
-
 /// Every temp file under the installation.
 fn temps(o: &Orch) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![o.root().to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(p),
-                _ if e.file_name().to_string_lossy().starts_with(".orch-tmp-") => out.push(p),
-                _ => {}
-            }
-        }
-    }
-    out
+    invariants::files_under(o.root())
+        .into_iter()
+        .filter(|p| {
+            p.file_name().is_some_and(|n| {
+                n.to_string_lossy()
+                    .starts_with(fsqueue::durable::TMP_PREFIX)
+            })
+        })
+        .collect()
 }
 
 /// Sets the mtime of `p` to `secs` seconds ago.
@@ -198,17 +166,6 @@ pub fn restart(o: &Orch, tag: &str) {
     }
 }
 
-fn check(o: &Orch, acked: &BTreeSet<String>, tag: &str) {
-    let mut enqueued = all_ids(o);
-    enqueued.extend(acked.iter().cloned());
-    let expect = invariants::Expect {
-        enqueued: &enqueued,
-        acknowledged: acked,
-        all_terminal: true,
-    };
-    invariants::check(&o.queue(), &o.artifacts(), &expect).assert_ok(tag);
-}
-
 fn crash_env(o: Orch, point: &str, nth: u64) -> Orch {
     o.env(CRASH_VAR, &format!("{point}:{nth}"))
 }
@@ -234,7 +191,7 @@ pub fn scenario(point: &str, driver: Driver, nth: u64) -> bool {
             // The queue takes new work after the crash.
             acked.insert(o.submit(r#"{"goal":"after the crash"}"#));
             o.drain("final");
-            check(&o, &acked, &tag);
+            invariants::check_finished(&o, &acked, &tag);
             c
         }
         Driver::Runner | Driver::Callback => {
@@ -271,7 +228,7 @@ pub fn scenario(point: &str, driver: Driver, nth: u64) -> bool {
             );
             let o = o.env(CRASH_VAR, "").env("SIMULATION_STEP_MS", "0");
             restart(&o, &tag);
-            check(&o, &acked, &tag);
+            invariants::check_finished(&o, &acked, &tag);
             for id in &acked {
                 let st = o.status_json(id);
                 assert_eq!(st["status"], "success", "{tag}: {id}: {st:#}");
@@ -298,7 +255,7 @@ pub fn scenario(point: &str, driver: Driver, nth: u64) -> bool {
                 assert!(out.status.success(), "{tag}: approve again");
                 o.drain("approved");
             }
-            check(&o, &acked, &tag);
+            invariants::check_finished(&o, &acked, &tag);
             c
         }
         Driver::CancelRunning | Driver::Reap => {
@@ -318,7 +275,7 @@ pub fn scenario(point: &str, driver: Driver, nth: u64) -> bool {
             let c = killed(&out.status);
             let o = o.env(CRASH_VAR, "");
             restart(&o, &tag);
-            check(&o, &acked, &tag);
+            invariants::check_finished(&o, &acked, &tag);
             c
         }
         Driver::Gateway => {
@@ -357,7 +314,7 @@ pub fn scenario(point: &str, driver: Driver, nth: u64) -> bool {
             }
             let o = gw.stop();
             restart(&o, &tag);
-            check(&o, &acked, &tag);
+            invariants::check_finished(&o, &acked, &tag);
             gw_crashed
         }
         Driver::Retention => {
@@ -420,7 +377,7 @@ pub fn scenario(point: &str, driver: Driver, nth: u64) -> bool {
             sigterm(&s);
             let _ = s.wait();
             restart(&o, &tag);
-            check(&o, &acked, &tag);
+            invariants::check_finished(&o, &acked, &tag);
             c
         }
     }
@@ -691,7 +648,7 @@ fn operator_moves_survive_a_crash_at_each_step() {
             }
             o.drain("after-move");
             let acked: BTreeSet<String> = [id.clone()].into();
-            check(&o, &acked, &tag);
+            invariants::check_finished(&o, &acked, &tag);
         }
     }
 }

@@ -14,7 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use fsqueue::name::Entry;
-use walkdir_lite::files_under;
+
+use crate::support::Orch;
 
 pub const STATES: [&str; 5] = ["pending", "awaiting_approval", "running", "done", "failed"];
 const TMP_PREFIX: &str = ".orch-tmp-";
@@ -209,29 +210,52 @@ fn check_artifacts(r: &mut Report, artifacts: &Path, st: &str, id: &str) {
     }
 }
 
-/// Every regular file under `root` (none when it does not exist).
-mod walkdir_lite {
-    use super::*;
-
-    pub fn files_under(root: &Path) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        let mut stack = vec![root.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&d) else {
-                continue;
-            };
-            for e in rd.flatten() {
-                match e.file_type() {
-                    Ok(t) if t.is_dir() => stack.push(e.path()),
-                    Ok(_) => out.push(e.path()),
-                    Err(_) => {}
-                }
-            }
-        }
-        out
-    }
+/// Every file and directory under `root` (none when it does not exist),
+/// links not followed.
+pub fn entries_under(root: &Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .into_iter()
+        .flatten()
+        .map(walkdir::DirEntry::into_path)
+        .collect()
 }
 
+/// Every file (not directory) under `root`.
+pub fn files_under(root: &Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(root)
+        .into_iter()
+        .flatten()
+        .filter(|e| !e.file_type().is_dir())
+        .map(walkdir::DirEntry::into_path)
+        .collect()
+}
+
+/// Every job id found in any queue state of `o`.
+pub fn all_ids(o: &Orch) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    for st in STATES {
+        for n in o.names(st) {
+            if let Some(e) = Entry::parse(&n) {
+                ids.insert(e.job_id);
+            }
+        }
+    }
+    ids
+}
+
+/// U1–U6 over an idle installation whose jobs all finished: every id in a
+/// queue state, and every acknowledged one, is terminal once.
+pub fn check_finished(o: &Orch, acked: &BTreeSet<String>, what: &str) {
+    let mut enqueued = all_ids(o);
+    enqueued.extend(acked.iter().cloned());
+    let expect = Expect {
+        enqueued: &enqueued,
+        acknowledged: acked,
+        all_terminal: true,
+    };
+    check(&o.queue(), &o.artifacts(), &expect).assert_ok(what);
+}
 /// The writer's pid in a temp file's name (`.orch-tmp-{pid}-{n}-{stem}`).
 pub fn temp_writer_pid(name: &str) -> Option<u32> {
     name.strip_prefix(TMP_PREFIX)?

@@ -10,23 +10,12 @@ use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::crash::{Gateway, all_ids, restart};
+use crate::crash::{Gateway, restart};
 use crate::invariants;
 use crate::support::*;
 
 const EIO: &str = "5";
 const ENOSPC: &str = "28";
-
-fn check(o: &Orch, acked: &BTreeSet<String>, what: &str) {
-    let mut enqueued = all_ids(o);
-    enqueued.extend(acked.iter().cloned());
-    let expect = invariants::Expect {
-        enqueued: &enqueued,
-        acknowledged: acked,
-        all_terminal: true,
-    };
-    invariants::check(&o.queue(), &o.artifacts(), &expect).assert_ok(what);
-}
 
 /// (a) + (d): `orch submit` whose Nth barrier fails (EIO) or whose Nth
 /// rename fails (ENOSPC) exits non-zero and prints no id; one of the failing
@@ -72,7 +61,7 @@ fn a_submit_whose_barrier_or_rename_fails_reports_nothing() {
             // A retry on a healthy disk is accepted.
             acked.insert(o.submit(r#"{"goal":"retried"}"#));
             o.drain("final");
-            check(&o, &acked, &what);
+            invariants::check_finished(&o, &acked, &what);
         }
     }
     assert!(failed >= 2, "no submit failed ({failed})");
@@ -122,7 +111,7 @@ fn a_gateway_that_cannot_persist_a_job_answers_5xx_and_takes_the_retry() {
         assert_eq!(acked.len(), 1, "{what}: one delivery, one job");
         let o = gw.stop().env("ORCH_FAULT_FSYNC_FAIL", "");
         restart(&o, &what);
-        check(&o, &acked, &what);
+        invariants::check_finished(&o, &acked, &what);
     }
     assert!(saw_5xx >= 1, "no POST met the failing barrier");
 }
@@ -202,7 +191,7 @@ fn runner_fault_cases(cases: &[(&str, String)]) {
         sigterm(&r);
         assert!(r.wait().unwrap().success(), "{what}: runner exit");
         restart(&o, &what);
-        check(&o, &acked, &what);
+        invariants::check_finished(&o, &acked, &what);
         // A job the fault hit ended failed with a reason, or succeeded on
         // a later attempt; none is left without a result.
         for id in &acked {
@@ -256,7 +245,7 @@ fn a_runner_out_of_file_descriptors_fails_cleanly() {
             );
         }
         restart(&o, &what);
-        check(&o, &acked, &what);
+        invariants::check_finished(&o, &acked, &what);
     }
     assert!(refused >= 1, "no descriptor limit was low enough to matter");
 }

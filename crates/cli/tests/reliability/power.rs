@@ -31,8 +31,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use crate::crash::{Rng, all_ids, backdate, seed_from_env};
+use crate::crash::{Rng, backdate};
 use crate::invariants;
+use crate::invariants::all_ids;
 use crate::support::*;
 
 #[derive(Debug, Clone)]
@@ -122,18 +123,11 @@ fn crash_state(ops: &[Rec], k: usize, loss: Loss, rng: &mut Rng) -> Crashed {
     let mut written_at: Vec<usize> = Vec::new();
     for (i, op) in ops[..k].iter().enumerate() {
         let ch = match op {
-            Rec::Write(p, d) => {
-                data.push(d.clone());
-                written_at.push(i);
-                let ino = data.len() - 1;
-                ns.insert(p.clone(), Node::File(ino));
-                Some(Change {
-                    sets: vec![(p.clone(), Some(Node::File(ino)))],
-                    dirs: vec![parent(p)],
-                })
-            }
-            Rec::Create(p) => {
-                data.push(Vec::new());
+            Rec::Write(p, _) | Rec::Create(p) => {
+                data.push(match op {
+                    Rec::Write(_, d) => d.clone(),
+                    _ => Vec::new(),
+                });
                 written_at.push(i);
                 let ino = data.len() - 1;
                 ns.insert(p.clone(), Node::File(ino));
@@ -353,7 +347,7 @@ fn simulate(mode: &str, loss: Loss) {
             }
         }
         // The outage lasted a day.
-        for p in walk(&new_root) {
+        for p in invariants::entries_under(&new_root) {
             backdate(&p, 86_400);
         }
         let what = format!(
@@ -398,24 +392,6 @@ fn simulate(mode: &str, loss: Loss) {
         "power loss ({mode}, {loss:?}): {seeds} crash states over {} ops: {dropped} unsynced entry changes dropped, {torn} unsynced files emptied or torn",
         ops.len()
     );
-}
-
-fn walk(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(p.clone());
-            }
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]

@@ -17,8 +17,6 @@ use crate::invariants;
 use crate::support::*;
 use fsqueue::name::Entry;
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -160,10 +158,6 @@ pub fn log_tails(o: &Orch) -> String {
     out
 }
 
-fn signal(child: &Child, sig: nix::sys::signal::Signal) {
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig);
-}
-
 fn stop_all(runners: &mut [Child]) {
     for c in runners.iter() {
         signal(c, nix::sys::signal::Signal::SIGCONT);
@@ -242,36 +236,6 @@ fn sigkill_storm_every_job_ends_once_and_re_executions_stay_within_kills() {
     assert!(re <= kills, "{re} re-executions > {kills} kills");
 }
 
-/// Every file below `dir`: relative path → (inode, bytes).
-fn tree(dir: &Path) -> BTreeMap<String, (u64, Vec<u8>)> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, (u64, Vec<u8>)>) {
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if e.file_name()
-                .to_string_lossy()
-                .starts_with(fsqueue::durable::TMP_PREFIX)
-            {
-                continue;
-            }
-            let Ok(m) = std::fs::symlink_metadata(&p) else {
-                continue;
-            };
-            if m.is_dir() {
-                walk(root, &p, out);
-            } else {
-                let rel = p.strip_prefix(root).unwrap().display().to_string();
-                out.insert(rel, (m.ino(), std::fs::read(&p).unwrap_or_default()));
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
-}
-
 /// The promise of `e2e/fence.rs` (a stale owner never writes after its job
 /// was finished) under many random pauses. A pause rarely lands inside a
 /// publish here, so this is no substitute for that targeted test: with the
@@ -307,7 +271,7 @@ fn sigstop_storm_longer_than_the_lease_never_changes_a_finished_job() {
     loop {
         for (id, _) in finished(&o) {
             if !snaps.contains_key(&id) {
-                snaps.insert(id.clone(), tree(&o.artifacts().join(&id)));
+                snaps.insert(id.clone(), file_tree(&o.artifacts().join(&id)));
             }
         }
         if snaps.len() >= n_jobs {
@@ -349,7 +313,7 @@ fn sigstop_storm_longer_than_the_lease_never_changes_a_finished_job() {
     // stale owners woke up after their jobs were taken over.
     let mut changed = Vec::new();
     for (id, before) in &snaps {
-        let after = tree(&o.artifacts().join(id));
+        let after = file_tree(&o.artifacts().join(id));
         if &after != before {
             let diff: Vec<&String> = after
                 .iter()
